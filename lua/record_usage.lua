@@ -1,0 +1,62 @@
+-- record_usage.lua: settle one finished request: swap its reservation for the usage the
+-- upstream reported, and add it to the target's running totals.
+--
+-- The reservation was added by select_lowest_usage.lua at reserved_at_ms as
+-- reserved * 2^((reserved_at_ms - epoch) / half_life). If the epoch has moved since, the
+-- stored reservation was rescaled with everything else, and the same formula with the
+-- current epoch gives exactly its present stored value, so it is removed exactly.
+--
+-- KEYS[1]  usage sorted set (see select_lowest_usage.lua)
+-- KEYS[2]  meta hash with epoch_ms
+-- KEYS[3]  totals hash: "<target_id>:<field>" -> cumulative counters
+-- ARGV[1]  target_id
+-- ARGV[2]  half_life_ms       decay half-life in milliseconds (> 0)
+-- ARGV[3]  reserved           counted units reserved at selection (0 for none)
+-- ARGV[4]  reserved_at_ms     server time returned by the selection
+-- ARGV[5]  actual             counted units the request really used (0 when it failed)
+-- ARGV[6]  prompt_tokens      integer
+-- ARGV[7]  completion_tokens  integer
+-- ARGV[8]  cost               currency units, decimal string
+-- ARGV[9]  failed             "1" when the request failed upstream, else "0"
+--
+-- Returns the target's decayed usage after settling, as a string.
+
+local target_id = ARGV[1]
+local half_life_ms = tonumber(ARGV[2])
+local reserved = tonumber(ARGV[3])
+local reserved_at_ms = tonumber(ARGV[4])
+local actual = tonumber(ARGV[5])
+local prompt_tokens = tonumber(ARGV[6])
+local completion_tokens = tonumber(ARGV[7])
+local cost = ARGV[8]
+local failed = ARGV[9] == "1"
+
+local time = redis.call("TIME")
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+local epoch_ms = tonumber(redis.call("HGET", KEYS[2], "epoch_ms"))
+if epoch_ms == nil then
+  -- The balancer state was deleted (flush, plugin removed) after the selection: there is
+  -- no reservation left to release, only the actual usage to add.
+  epoch_ms = now_ms
+  reserved = 0
+  redis.call("HSET", KEYS[2], "epoch_ms", epoch_ms)
+end
+
+local delta = actual * 2 ^ ((now_ms - epoch_ms) / half_life_ms)
+  - reserved * 2 ^ ((reserved_at_ms - epoch_ms) / half_life_ms)
+local score = tonumber(redis.call("ZINCRBY", KEYS[1], delta, target_id))
+if score < 0 then
+  -- Only floating-point residue of an exact release can land here.
+  score = 0
+  redis.call("ZADD", KEYS[1], 0, target_id)
+end
+
+redis.call("HINCRBY", KEYS[3], target_id .. ":requests", 1)
+if failed then
+  redis.call("HINCRBY", KEYS[3], target_id .. ":errors", 1)
+end
+redis.call("HINCRBY", KEYS[3], target_id .. ":prompt_tokens", prompt_tokens)
+redis.call("HINCRBY", KEYS[3], target_id .. ":completion_tokens", completion_tokens)
+redis.call("HINCRBYFLOAT", KEYS[3], target_id .. ":cost", cost)
+return tostring(score * 2 ^ (-(now_ms - epoch_ms) / half_life_ms))

@@ -1,0 +1,132 @@
+"""App factories: the proxy app (port 8000) and the admin app (port 8001).
+
+Both share one ``Runtime``; the proxy app owns its lifecycle. Every error, including
+Litestar's own (unknown method, bad path), leaves as an OpenAI-style JSON error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from litestar import Litestar, Request, Response, get, route
+from litestar.exceptions import HTTPException
+from litestar.response import Stream
+
+from tokenlb_proxy import __version__
+from tokenlb_proxy.errors import ProxyError, error_body
+from tokenlb_proxy.runtime import Runtime
+from tokenlb_proxy.settings import redact_url
+from tokenlb_proxy.store import ResilientStore
+from tokenlb_proxy.tokens import get_counter
+
+__all__ = ["create_admin_app", "create_proxy_app"]
+
+log = logging.getLogger(__name__)
+
+_METHODS: list[Any] = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _proxy_error(_: Request[Any, Any, Any], exc: ProxyError) -> Response[bytes]:
+    return Response(exc.body(), status_code=exc.status_code, media_type="application/json")
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    return Response(
+        error_body(exc.detail, "invalid_request_error" if exc.status_code < 500 else "api_error"),
+        status_code=exc.status_code,
+        media_type="application/json",
+    )
+
+
+def _unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error while serving a request", exc_info=exc)
+    return Response(
+        error_body("An unexpected error occurred", "api_error", "internal_error"),
+        status_code=500,
+        media_type="application/json",
+    )
+
+
+_EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ProxyError: _proxy_error,
+    HTTPException: _http_error,
+    Exception: _unexpected_error,
+}
+
+
+def create_proxy_app(runtime: Runtime) -> Litestar:
+    """The data-plane app: every path and method goes through route matching."""
+
+    @route(["/", "/{path:path}"], http_method=_METHODS, request_max_body_size=None)
+    async def proxy(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        return await runtime.proxy.handle(request)
+
+    return Litestar(
+        route_handlers=[proxy],
+        exception_handlers=_EXCEPTION_HANDLERS,
+        on_startup=[runtime.start],
+        on_shutdown=[runtime.close],
+        openapi_config=None,
+        logging_config=None,
+    )
+
+
+def create_admin_app(runtime: Runtime) -> Litestar:
+    """The admin app: ``GET /status``; bound to 127.0.0.1 unless told otherwise."""
+
+    @get("/status")
+    async def status() -> dict[str, Any]:
+        store = runtime.store
+        reachable = await store.healthy()
+        redis_url = runtime.settings.redis_url
+        balancers = []
+        for plan in runtime.gateway.balancers:
+            totals = await store.totals(
+                plan.keys, plan.half_life_ms, [t.target_id for t in plan.targets]
+            )
+            balancers.append(
+                {
+                    "id": plan.balancer_id,
+                    "algorithm": plan.algorithm,
+                    "tokens_count_strategy": plan.tokens_count_strategy,
+                    "usage_half_life_s": plan.half_life_ms / 1000,
+                    "targets": [
+                        {
+                            "id": t.target_id,
+                            "model": t.label,
+                            "weight": t.weight,
+                            "requests": totals[t.target_id].requests,
+                            "errors": totals[t.target_id].errors,
+                            "prompt_tokens": totals[t.target_id].prompt_tokens,
+                            "completion_tokens": totals[t.target_id].completion_tokens,
+                            "total_tokens": totals[t.target_id].total_tokens,
+                            "cost": totals[t.target_id].cost,
+                            "usage": totals[t.target_id].usage,
+                        }
+                        for t in plan.targets
+                    ],
+                }
+            )
+        degraded = isinstance(store, ResilientStore) and (store.degraded or not reachable)
+        return {
+            "version": __version__,
+            "configuration_hash": runtime.gateway.version,
+            "uptime_s": round(time.time() - runtime.started_at, 3),
+            "store": "redis" if redis_url else "local",
+            "redis": (
+                {"url": redact_url(redis_url), "reachable": reachable} if redis_url else None
+            ),
+            "database": {"reachable": reachable},
+            "degraded": degraded,
+            "tokenizer": get_counter().source,
+            "balancers": balancers,
+        }
+
+    return Litestar(
+        route_handlers=[status],
+        exception_handlers=_EXCEPTION_HANDLERS,
+        openapi_config=None,
+        logging_config=None,
+    )

@@ -1,0 +1,145 @@
+"""The ``tokenlb`` command line (the contract in design.md).
+
+tokenlb proxy --config FILE [--host H] [--port 8000] [--admin-host 127.0.0.1]
+              [--admin-port 8001] [--redis-url URL]
+tokenlb mock-upstream [--port 9000] [...]
+tokenlb check FILE
+tokenlb demo [--requests N] [--replicas N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from tokenlb_proxy import __version__
+
+__all__ = ["main"]
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # One JSON line per request, on stdout, for log pipelines (log_statistics).
+    analytics = logging.getLogger("tokenlb.analytics")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    analytics.addHandler(handler)
+    analytics.propagate = False
+    # httpx logs every request at INFO: noise, and measurably slow on the hot path.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def _cmd_proxy(args: argparse.Namespace) -> int:
+    from tokenlb_proxy.config import ConfigError  # noqa: PLC0415 - keep `--help` fast
+    from tokenlb_proxy.server import run_proxy  # noqa: PLC0415
+    from tokenlb_proxy.settings import settings_from_env  # noqa: PLC0415
+
+    settings = settings_from_env(
+        config_path=args.config,
+        redis_url=args.redis_url,
+        host=args.host,
+        port=args.port,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+    )
+    _configure_logging(settings.log_level)
+    if not settings.config_path:
+        print("tokenlb proxy: --config FILE (or TOKENLB_CONFIG) is required", file=sys.stderr)
+        return 2
+    try:
+        run_proxy(settings)
+    except ConfigError as exc:
+        print(f"tokenlb proxy: invalid config {settings.config_path}:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from tokenlb_proxy.config import ConfigError, load_config  # noqa: PLC0415
+
+    try:
+        gateway = load_config(args.file)
+    except ConfigError as exc:
+        print(f"{args.file}: {len(exc.errors)} error(s)")
+        for error in exc.errors:
+            print(f"  {error}")
+        return 1
+    print(f"{args.file}: OK ({len(gateway.routes)} route(s), {len(gateway.balancers)} balancer(s))")
+    for plan in gateway.balancers:
+        targets = ", ".join(f"{t.label} (weight {t.weight})" for t in plan.targets)
+        print(
+            f"  balancer {plan.balancer_id}: {plan.algorithm}, {plan.tokens_count_strategy}: "
+            f"{targets}"
+        )
+    return 0
+
+
+def _cmd_mock_upstream(args: argparse.Namespace) -> int:
+    from tokenlb_proxy.mock_upstream import run_mock_upstream, settings_from_args  # noqa: PLC0415
+
+    _configure_logging("WARNING")
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        print(f"tokenlb mock-upstream: {exc}", file=sys.stderr)
+        return 2
+    run_mock_upstream(args.host, args.port, settings)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from tokenlb_proxy.demo import run_demo  # noqa: PLC0415
+
+    return run_demo(requests=args.requests, replicas=args.replicas, concurrency=args.concurrency)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tokenlb_proxy.mock_upstream import add_mock_arguments  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(
+        prog="tokenlb", description="Fleet-wide lowest-usage LLM load balancer"
+    )
+    parser.add_argument("--version", action="version", version=f"tokenlb {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    proxy = commands.add_parser("proxy", help="run one proxy replica")
+    proxy.add_argument("--config", help="kong.yaml, plugin JSON or KongPlugin manifest")
+    proxy.add_argument("--host", default=None, help="proxy bind address (127.0.0.1)")
+    proxy.add_argument("--port", type=int, default=None, help="proxy port (8000)")
+    proxy.add_argument("--admin-host", default=None, help="admin bind address (127.0.0.1)")
+    proxy.add_argument("--admin-port", type=int, default=None, help="admin port (8001)")
+    proxy.add_argument("--redis-url", default=None, help="shared Redis; none: embedded store")
+    proxy.set_defaults(func=_cmd_proxy)
+
+    check = commands.add_parser("check", help="validate a config file and print its errors")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_check)
+
+    mock = commands.add_parser("mock-upstream", help="run an OpenAI-compatible fake LLM")
+    add_mock_arguments(mock)
+    mock.set_defaults(func=_cmd_mock_upstream)
+
+    demo = commands.add_parser("demo", help="run a local fleet and show the balance")
+    demo.add_argument("--requests", type=int, default=300)
+    demo.add_argument("--replicas", type=int, default=3)
+    demo.add_argument("--concurrency", type=int, default=24)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The compiled, ready-to-serve form of a config: routes, balancers, targets.
+
+Everything a request needs is computed once when the config loads (upstream URL, auth
+headers, target ids, timeouts, Redis keys), so the hot path only reads attributes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import httpx
+
+from tokenlb_proxy.config.plugin import ModelOptions
+from tokenlb_proxy.keys import BalancerKeys
+from tokenlb_proxy.store.base import Algorithm
+
+__all__ = ["BalancerPlan", "Gateway", "RouteRule", "UpstreamTarget"]
+
+OPENAI_CHAT_URL = "https://api.openai.com/v1/chat/completions"
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """One target of a balancer, with everything needed to call it."""
+
+    index: int
+    #: Stable identity (provider, model name, upstream URL): usage survives harmless edits.
+    target_id: str
+    provider: str
+    #: ``model.name``; None means the client's model is passed through.
+    model_name: str | None
+    model_alias: str | None
+    url: str
+    weight: int
+    options: ModelOptions
+    auth_headers: tuple[tuple[str, str], ...]
+    auth_query: tuple[tuple[str, str], ...]
+    auth_body: tuple[tuple[str, str], ...]
+    allow_override: bool
+    input_cost: float | None
+    output_cost: float | None
+    log_statistics: bool
+    log_payloads: bool
+
+    def __repr__(self) -> str:
+        # Auth values are secrets: never part of a repr that may reach a log.
+        return f"UpstreamTarget({self.label!r}, id={self.target_id!r}, url={self.url!r})"
+
+    @property
+    def label(self) -> str:
+        """``provider/model`` as Kong's ``X-Kong-LLM-Model`` header shows it."""
+        return f"{self.provider}/{self.model_name or '*'}"
+
+    def names(self) -> tuple[str, ...]:
+        """The model names a client may use to ask for this target."""
+        return tuple(n for n in (self.model_name, self.model_alias) if n)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        """Kong's formula: (prompt·input_cost + completion·output_cost) / 1e6; 0 unpriced."""
+        if self.input_cost is None or self.output_cost is None:
+            return 0.0
+        return (prompt_tokens * self.input_cost + completion_tokens * self.output_cost) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class BalancerPlan:
+    """One ``ai-proxy-advanced`` plugin instance, compiled."""
+
+    balancer_id: str
+    keys: BalancerKeys
+    algorithm: Algorithm
+    tokens_count_strategy: str
+    half_life_ms: int
+    retries: int
+    timeout: httpx.Timeout
+    failover_criteria: frozenset[str]
+    response_streaming: str
+    max_request_body_size: int
+    model_name_header: bool
+    targets: tuple[UpstreamTarget, ...]
+    #: model name or alias -> indexes of the targets that serve it.
+    by_model: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """A route, ready to match requests, with the plugin that applies to it."""
+
+    name: str
+    service: str | None
+    prefixes: tuple[str, ...]
+    regexes: tuple[re.Pattern[str], ...]
+    methods: frozenset[str]
+    hosts: frozenset[str]
+    wildcard_hosts: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, frozenset[str]], ...]
+    regex_priority: int
+    plan: BalancerPlan | None
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """A whole compiled config."""
+
+    routes: tuple[RouteRule, ...]
+    balancers: tuple[BalancerPlan, ...]
+    #: Short hash of the config, shown in /status so operators can see replicas agree.
+    version: str

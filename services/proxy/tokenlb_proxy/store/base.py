@@ -1,0 +1,117 @@
+"""The store interface shared by the Redis and in-process implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+from tokenlb_proxy.keys import BalancerKeys
+
+__all__ = [
+    "DEFAULT_ROLL_AFTER",
+    "Algorithm",
+    "Candidate",
+    "Selection",
+    "Settlement",
+    "TargetTotals",
+    "UsageStore",
+]
+
+Algorithm = Literal["lowest-usage", "round-robin"]
+
+#: Move the decay epoch once the forward-decay factor passes 2^20: scores stay far from
+#: float overflow and keep ~10 significant digits of the smallest target's usage.
+DEFAULT_ROLL_AFTER = 20.0
+
+
+class Candidate(msgspec.Struct, frozen=True):
+    """One target as the selection sees it."""
+
+    target_id: str
+    weight: int
+    #: Counted units (tokens or cost) this request is expected to use on this target.
+    estimate: float
+    #: False for targets that may not serve this request (other model, already tried);
+    #: they still take part in the slow-start average.
+    eligible: bool
+
+
+class Selection(msgspec.Struct, frozen=True):
+    """What a selection chose; ``index`` is None when no candidate was eligible."""
+
+    index: int | None
+    #: Store clock at the reservation, milliseconds; hand it back when settling.
+    reserved_at_ms: int
+    #: Decayed usage per unit of weight of the chosen target at decision time.
+    score: float
+    #: Which store made the reservation ("redis" or "local"); settle on the same one.
+    backend: str = "local"
+
+
+class Settlement(msgspec.Struct, frozen=True):
+    """The outcome of one request, as recorded against its target."""
+
+    target_id: str
+    reserved: float
+    reserved_at_ms: int
+    #: Counted units really used (0 when the request failed: the reservation is released).
+    actual: float
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    failed: bool
+    #: The ``backend`` of the selection this settles.
+    backend: str = "local"
+
+
+class TargetTotals(msgspec.Struct):
+    """Cumulative counters of one target since its balancer state was created."""
+
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    #: Current decayed usage (counted units, not divided by weight), reservations included.
+    usage: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class UsageStore(Protocol):
+    """Balancer state: one call to choose and reserve, one call to settle."""
+
+    #: Human-readable kind for /status ("redis", "local", ...).
+    kind: str
+
+    async def select(
+        self,
+        keys: BalancerKeys,
+        algorithm: Algorithm,
+        half_life_ms: int,
+        candidates: Sequence[Candidate],
+    ) -> Selection:
+        """Choose one eligible candidate and reserve its estimate, atomically."""
+        ...
+
+    async def settle(self, keys: BalancerKeys, half_life_ms: int, settlement: Settlement) -> None:
+        """Replace a reservation with actual usage and add to the totals."""
+        ...
+
+    async def totals(
+        self, keys: BalancerKeys, half_life_ms: int, target_ids: Sequence[str]
+    ) -> dict[str, TargetTotals]:
+        """Totals and current decayed usage of the given targets."""
+        ...
+
+    async def healthy(self) -> bool:
+        """Whether the store's backend answers now."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

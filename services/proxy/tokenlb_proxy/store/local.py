@@ -1,0 +1,171 @@
+"""In-process balancer state with the same semantics as the Lua scripts.
+
+This is the embedded default (no Redis URL) and the fallback while Redis is unreachable.
+Each method mirrors one script in ``lua/`` line for line, so the balancing tests run
+unchanged against both stores. It is safe on one event loop: no method awaits while it
+holds state half-updated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from tokenlb_proxy.keys import BalancerKeys
+from tokenlb_proxy.store.base import (
+    DEFAULT_ROLL_AFTER,
+    Algorithm,
+    Candidate,
+    Selection,
+    Settlement,
+    TargetTotals,
+)
+
+__all__ = ["LocalStore"]
+
+
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _BalancerState:
+    __slots__ = ("epoch_ms", "round_robin", "totals", "usage")
+
+    def __init__(self) -> None:
+        self.usage: dict[str, float] = {}
+        self.epoch_ms: int | None = None
+        self.round_robin: dict[str, int] = {}
+        self.totals: dict[str, TargetTotals] = {}
+
+
+class LocalStore:
+    """Balancer state in a dict, for one replica on its own."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        clock_ms: Callable[[], int] = _wall_clock_ms,
+        roll_after: float = DEFAULT_ROLL_AFTER,
+    ) -> None:
+        self._clock_ms = clock_ms
+        self._roll_after = roll_after
+        self._balancers: dict[str, _BalancerState] = {}
+
+    def _state(self, keys: BalancerKeys) -> _BalancerState:
+        state = self._balancers.get(keys.usage)
+        if state is None:
+            state = self._balancers[keys.usage] = _BalancerState()
+        return state
+
+    def _exponent(self, state: _BalancerState, now_ms: int, half_life_ms: int) -> float:
+        """The forward-decay exponent at ``now_ms``, rolling the epoch like the script does."""
+        if state.epoch_ms is None:
+            state.epoch_ms = now_ms
+        exponent = (now_ms - state.epoch_ms) / half_life_ms
+        if exponent > self._roll_after:
+            shrink = 2.0 ** (-exponent)
+            for target_id in state.usage:
+                state.usage[target_id] *= shrink
+            state.epoch_ms = now_ms
+            exponent = 0.0
+        return exponent
+
+    async def select(
+        self,
+        keys: BalancerKeys,
+        algorithm: Algorithm,
+        half_life_ms: int,
+        candidates: Sequence[Candidate],
+    ) -> Selection:
+        state = self._state(keys)
+        now_ms = self._clock_ms()
+        if algorithm == "round-robin":
+            return Selection(self._round_robin(state, candidates), now_ms, 0.0)
+        exponent = self._exponent(state, now_ms, half_life_ms)
+        if not candidates:
+            return Selection(None, now_ms, 0.0)
+        known = [
+            state.usage[c.target_id] / c.weight for c in candidates if c.target_id in state.usage
+        ]
+        average = sum(known) / len(known) if known else 0.0
+        for c in candidates:
+            state.usage.setdefault(c.target_id, average * c.weight)
+        best: int | None = None
+        best_score = 0.0
+        for index, c in enumerate(candidates):
+            if not c.eligible:
+                continue
+            score = state.usage[c.target_id] / c.weight
+            if best is None or score < best_score:
+                best, best_score = index, score
+        if best is None:
+            return Selection(None, now_ms, 0.0)
+        chosen = candidates[best]
+        if chosen.estimate > 0:
+            state.usage[chosen.target_id] += chosen.estimate * 2.0**exponent
+        return Selection(best, now_ms, best_score * 2.0 ** (-exponent))
+
+    @staticmethod
+    def _round_robin(state: _BalancerState, candidates: Sequence[Candidate]) -> int | None:
+        best: int | None = None
+        best_current = 0
+        total = 0
+        for index, c in enumerate(candidates):
+            if not c.eligible:
+                continue
+            total += c.weight
+            current = state.round_robin.get(c.target_id, 0) + c.weight
+            state.round_robin[c.target_id] = current
+            if best is None or current > best_current:
+                best, best_current = index, current
+        if best is not None:
+            state.round_robin[candidates[best].target_id] -= total
+        return best
+
+    async def settle(self, keys: BalancerKeys, half_life_ms: int, settlement: Settlement) -> None:
+        state = self._state(keys)
+        now_ms = self._clock_ms()
+        reserved = settlement.reserved
+        if state.epoch_ms is None:
+            state.epoch_ms = now_ms
+            reserved = 0.0
+        epoch_ms = state.epoch_ms
+        delta = settlement.actual * 2.0 ** ((now_ms - epoch_ms) / half_life_ms) - (
+            reserved * 2.0 ** ((settlement.reserved_at_ms - epoch_ms) / half_life_ms)
+        )
+        target_id = settlement.target_id
+        state.usage[target_id] = max(0.0, state.usage.get(target_id, 0.0) + delta)
+        totals = state.totals.setdefault(target_id, TargetTotals())
+        totals.requests += 1
+        totals.errors += int(settlement.failed)
+        totals.prompt_tokens += settlement.prompt_tokens
+        totals.completion_tokens += settlement.completion_tokens
+        totals.cost += settlement.cost
+
+    async def totals(
+        self, keys: BalancerKeys, half_life_ms: int, target_ids: Sequence[str]
+    ) -> dict[str, TargetTotals]:
+        state = self._state(keys)
+        now_ms = self._clock_ms()
+        decay = (
+            2.0 ** (-(now_ms - state.epoch_ms) / half_life_ms) if state.epoch_ms is not None else 0
+        )
+        result: dict[str, TargetTotals] = {}
+        for target_id in target_ids:
+            counted = state.totals.get(target_id, TargetTotals())
+            result[target_id] = TargetTotals(
+                requests=counted.requests,
+                errors=counted.errors,
+                prompt_tokens=counted.prompt_tokens,
+                completion_tokens=counted.completion_tokens,
+                cost=counted.cost,
+                usage=state.usage.get(target_id, 0.0) * decay,
+            )
+        return result
+
+    async def healthy(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None

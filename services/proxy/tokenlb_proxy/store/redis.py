@@ -1,0 +1,134 @@
+"""Fleet-wide balancer state in Redis: one EVALSHA to choose, one to settle."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from tokenlb_proxy.keys import BalancerKeys
+from tokenlb_proxy.scripts import lua_source
+from tokenlb_proxy.store.base import (
+    DEFAULT_ROLL_AFTER,
+    Algorithm,
+    Candidate,
+    Selection,
+    Settlement,
+    TargetTotals,
+)
+
+__all__ = ["RedisStore", "connect_redis"]
+
+
+def connect_redis(url: str, *, timeout_s: float = 1.0) -> aioredis.Redis:
+    """A pooled client; short timeouts so an outage turns into fallback, not a stall."""
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
+    )
+
+
+class RedisStore:
+    """Balancer state shared by every replica that points at the same Redis."""
+
+    kind = "redis"
+
+    def __init__(self, client: aioredis.Redis, roll_after: float = DEFAULT_ROLL_AFTER) -> None:
+        self.client = client
+        self._roll_after = str(roll_after)
+        self._select_lowest_usage: AsyncScript = client.register_script(
+            lua_source("select_lowest_usage")
+        )
+        self._select_round_robin: AsyncScript = client.register_script(
+            lua_source("select_round_robin")
+        )
+        self._record_usage: AsyncScript = client.register_script(lua_source("record_usage"))
+
+    async def select(
+        self,
+        keys: BalancerKeys,
+        algorithm: Algorithm,
+        half_life_ms: int,
+        candidates: Sequence[Candidate],
+    ) -> Selection:
+        args: list[str | int | float]
+        if algorithm == "round-robin":
+            args = [len(candidates)]
+            for c in candidates:
+                args += [c.target_id, c.weight, "1" if c.eligible else "0"]
+            reply = await self._select_round_robin(keys=[keys.round_robin], args=args)
+        else:
+            args = [half_life_ms, self._roll_after, len(candidates)]
+            for c in candidates:
+                args += [c.target_id, c.weight, repr(c.estimate), "1" if c.eligible else "0"]
+            reply = await self._select_lowest_usage(keys=[keys.usage, keys.meta], args=args)
+        index = int(reply[0])
+        return Selection(
+            index=index - 1 if index > 0 else None,
+            reserved_at_ms=int(reply[1]),
+            score=float(reply[2]),
+            backend=self.kind,
+        )
+
+    async def settle(self, keys: BalancerKeys, half_life_ms: int, settlement: Settlement) -> None:
+        await self._record_usage(
+            keys=[keys.usage, keys.meta, keys.totals],
+            args=[
+                settlement.target_id,
+                half_life_ms,
+                repr(settlement.reserved),
+                settlement.reserved_at_ms,
+                repr(settlement.actual),
+                settlement.prompt_tokens,
+                settlement.completion_tokens,
+                repr(settlement.cost),
+                "1" if settlement.failed else "0",
+            ],
+        )
+
+    async def totals(
+        self, keys: BalancerKeys, half_life_ms: int, target_ids: Sequence[str]
+    ) -> dict[str, TargetTotals]:
+        if not target_ids:
+            return {}
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.totals)
+            pipe.zmscore(keys.usage, list(target_ids))
+            pipe.hget(keys.meta, "epoch_ms")
+            pipe.time()
+            counters, scores, epoch_ms, server_time = await pipe.execute()
+        now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
+        decay = 2.0 ** (-(now_ms - int(epoch_ms)) / half_life_ms) if epoch_ms else 0.0
+        return {
+            target_id: _totals_from_hash(counters, target_id, (score or 0.0) * decay)
+            for target_id, score in zip(target_ids, scores, strict=True)
+        }
+
+    async def healthy(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _totals_from_hash(counters: dict[str, Any], target_id: str, usage: float) -> TargetTotals:
+    def field(name: str) -> str:
+        value = counters.get(f"{target_id}:{name}", "0")
+        return str(value)
+
+    return TargetTotals(
+        requests=int(field("requests")),
+        errors=int(field("errors")),
+        prompt_tokens=int(field("prompt_tokens")),
+        completion_tokens=int(field("completion_tokens")),
+        cost=float(field("cost")),
+        usage=usage,
+    )

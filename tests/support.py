@@ -1,0 +1,186 @@
+"""Real processes for tests: redis-server, the mock upstream and proxy replicas.
+
+Every process runs the same commands a user (or docker-compose.yml) runs, on free
+loopback ports, with its output in a log file that failing tests print.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+
+__all__ = [
+    "ManagedProcess",
+    "free_port",
+    "start_mock",
+    "start_proxy",
+    "start_redis",
+    "tokenlb_command",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tokenlb_command(*args: str) -> list[str]:
+    """``tokenlb ARGS`` with this interpreter's installed entry point (or the module)."""
+    script = Path(sys.executable).with_name("tokenlb")
+    if script.exists():
+        return [str(script), *args]
+    return [sys.executable, "-m", "tokenlb_proxy.cli", *args]
+
+
+def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    source = str(REPO / "services" / "proxy")
+    # A checkout without an install still finds the package; an install ignores this.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), source) if p)
+    if extra:
+        env.update(extra)
+    return env
+
+
+class ManagedProcess:
+    """A child process with its output captured to ``log_path``."""
+
+    def __init__(
+        self, name: str, command: Sequence[str], log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.command = list(command)
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            self.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=_child_env(env),
+        )
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float = STARTUP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited early:\n{self.output()[-3000:]}")
+            if ready():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not become ready:\n{self.output()[-3000:]}")
+
+    def signal_stop(self) -> None:
+        if self.alive():
+            self.process.terminate()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive():
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        else:
+            self.process.wait()
+        self._log.close()
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+        self.process.wait()
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_redis(log_dir: Path, port: int | None = None, *extra: str) -> tuple[ManagedProcess, int]:
+    """A private redis-server on a free port, no persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    port = port or free_port()
+    proc = ManagedProcess(
+        f"redis-{port}",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(log_dir),
+            *extra,
+        ],
+        log_dir,
+    )
+    proc.wait_until(lambda: port_open(port))
+    return proc, port
+
+
+def start_mock(log_dir: Path, *args: str, port: int | None = None) -> tuple[ManagedProcess, int]:
+    """``tokenlb mock-upstream`` on a free port."""
+    port = port or free_port()
+    proc = ManagedProcess(
+        f"mock-{port}", tokenlb_command("mock-upstream", "--port", str(port), *args), log_dir
+    )
+    proc.wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"))
+    return proc, port
+
+
+def start_proxy(
+    log_dir: Path,
+    config: Path,
+    *,
+    redis_url: str | None = None,
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+) -> tuple[ManagedProcess, int, int]:
+    """``tokenlb proxy`` on free ports; returns (process, proxy port, admin port)."""
+    port = port or free_port()
+    admin_port = free_port()
+    args = ["proxy", "--config", str(config), "--port", str(port), "--admin-port", str(admin_port)]
+    if redis_url:
+        args += ["--redis-url", redis_url]
+    proc = ManagedProcess(f"proxy-{port}", tokenlb_command(*args), log_dir, env)
+    proc.wait_until(lambda: port_open(port) and http_ok(f"http://127.0.0.1:{admin_port}/status"))
+    return proc, port, admin_port
