@@ -24,10 +24,10 @@ def redis_server(process_logs: Path) -> Iterator[tuple[ManagedProcess, int]]:
 
 
 @pytest.fixture
-def redis_url(redis_server: tuple[ManagedProcess, int]) -> Iterator[str]:
+def redis_url(redis_server: tuple[ManagedProcess, int]) -> str:
     """A clean database on the session's redis-server."""
     _, port = redis_server
     client = redis.Redis(port=port)
     client.flushall()
     client.close()
-    yield f"redis://127.0.0.1:{port}/0"
+    return f"redis://127.0.0.1:{port}/0"

@@ -47,10 +47,8 @@ def tokenlb_command(*args: str) -> list[str]:
 
 
 def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
+    # Children import tokenlb exactly as this process does (installed, or PYTHONPATH).
     env = dict(os.environ)
-    source = str(REPO / "services" / "proxy")
-    # A checkout without an install still finds the package; an install ignores this.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), source) if p)
     if extra:
         env.update(extra)
     return env

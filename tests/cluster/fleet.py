@@ -12,7 +12,7 @@ import httpx
 import openai
 
 API_KEY = "sk-fleet-test-key"
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india")
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,13 @@ class Scenario:
 
 def fleet_config(scenarios: Sequence[Scenario], mock_port: int) -> str:
     """A kong.yaml with one service, one route per scenario, one plugin per route."""
-    lines = ['_format_version: "3.0"', "services:", "- name: llm", "  url: http://unused.invalid",
-             "  routes:"]
+    lines = [
+        '_format_version: "3.0"',
+        "services:",
+        "- name: llm",
+        "  url: http://unused.invalid",
+        "  routes:",
+    ]
     for s in scenarios:
         lines += [f"  - name: {s.name}", "    paths:", f"    - /{s.name}"]
     lines.append("plugins:")
@@ -136,9 +141,7 @@ async def run_load(
     return failures
 
 
-def counted_per_model(
-    stats: dict[str, dict[str, float]], scenario: Scenario
-) -> dict[str, float]:
+def counted_per_model(stats: dict[str, dict[str, float]], scenario: Scenario) -> dict[str, float]:
     """The quantity the scenario balances, per model, as the upstream counted it."""
     counted: dict[str, float] = {}
     for index, model in enumerate(scenario.models):

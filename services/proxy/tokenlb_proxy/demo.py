@@ -29,7 +29,7 @@ __all__ = ["run_demo"]
 
 DEMO_KEY = "sk-demo-not-a-real-key"
 MODELS = {"gpt-4": (30.0, 60.0), "gpt-4o-mini": (0.15, 0.6)}
-WORDS = "the quick brown fox jumps over the lazy dog while tokens flow evenly".split()
+WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while", "tokens", "flow")
 STARTUP_TIMEOUT_S = 20.0
 
 _CONFIG = """\
@@ -126,7 +126,10 @@ async def _send_traffic(
                 port = ports[index % len(ports)]
                 response = await client.post(
                     f"http://127.0.0.1:{port}/v1/chat/completions",
-                    json={"model": "any", "messages": [{"role": "user", "content": prompts[index]}]},
+                    json={
+                        "model": "any",
+                        "messages": [{"role": "user", "content": prompts[index]}],
+                    },
                     headers={"authorization": "Bearer client-side-key-is-replaced"},
                 )
                 if response.status_code != 200:
@@ -195,8 +198,19 @@ def run_demo(*, requests: int = 300, replicas: int = 3, concurrency: int = 24) -
         redis_binary = shutil.which("redis-server")
         if redis_binary:
             redis_port = _free_port()
-            spawn([redis_binary, "--port", str(redis_port), "--bind", "127.0.0.1",
-                   "--save", "", "--appendonly", "no"])
+            spawn(
+                [
+                    redis_binary,
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ]
+            )
             redis_url = f"redis://127.0.0.1:{redis_port}/0"
             console.print(f"redis-server on 127.0.0.1:{redis_port}: one balancer for the fleet")
         else:
@@ -216,8 +230,15 @@ def run_demo(*, requests: int = 300, replicas: int = 3, concurrency: int = 24) -
         admin_ports: list[int] = []
         for _ in range(replicas):
             port, admin_port = _free_port(), _free_port()
-            args = ["proxy", "--config", str(config), "--port", str(port),
-                    "--admin-port", str(admin_port)]
+            args = [
+                "proxy",
+                "--config",
+                str(config),
+                "--port",
+                str(port),
+                "--admin-port",
+                str(admin_port),
+            ]
             if redis_url:
                 args += ["--redis-url", redis_url]
             proxy = spawn(_tokenlb(*args), env)
