@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
-from tokenlb_proxy.config.plugin import ModelOptions
 from tokenlb_proxy.keys import BalancerKeys
 from tokenlb_proxy.store.base import Algorithm
+
+if TYPE_CHECKING:
+    # Annotation only: importing the config package here would be circular
+    # (config.compile imports this module), breaking `import tokenlb_proxy.plan`.
+    from tokenlb_proxy.config.plugin import ModelOptions
 
 __all__ = ["BalancerPlan", "Gateway", "RouteRule", "UpstreamTarget"]
 

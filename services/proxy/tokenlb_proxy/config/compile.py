@@ -18,7 +18,7 @@ from tokenlb_proxy.config.declarative import (
     Service,
 )
 from tokenlb_proxy.config.errors import ConfigError, FieldError
-from tokenlb_proxy.config.loader import validation_error
+from tokenlb_proxy.config.loader import schema_errors
 from tokenlb_proxy.config.plugin import AiProxyAdvancedConfig, ModelOptions, Target
 from tokenlb_proxy.config.support import NOT_SUPPORTED, check_plugin_config
 from tokenlb_proxy.keys import balancer_keys
@@ -85,31 +85,39 @@ def compile_gateway(doc: DeclarativeConfig) -> Gateway:
         if entry.name != PLUGIN_NAME:
             errors.append(FieldError(f"{path}.name", f"plugin {entry.name!r} is {NOT_SUPPORTED}"))
             return
+        # A plugin that cannot be placed still has its config checked, so one run of
+        # `tokenlb check` lists every problem, not just the scope or reference error.
+        placeable = True
         for name in ("consumer", "consumer_group", "ordering"):
             if getattr(entry, name) is not None:
                 errors.append(
                     FieldError(f"{path}.{name}", f"{NOT_SUPPORTED} (plugin scope {name})")
                 )
+                placeable = placeable and name == "ordering"
         if entry.route is not None:
             route_key = route_keys.get(_ref_value(entry.route))
             if route_key is None:
                 errors.append(FieldError(f"{path}.route", f"no route {_ref_value(entry.route)!r}"))
-                return
+                placeable = False
         if entry.service is not None:
             found = services.get(_ref_value(entry.service))
             if found is None:
                 errors.append(
                     FieldError(f"{path}.service", f"no service {_ref_value(entry.service)!r}")
                 )
-                return
-            service_key = _service_key(found[1], found[0])
+                placeable = False
+            else:
+                service_key = _service_key(found[1], found[0])
         scope = (route_key, service_key)
-        if scope in scoped:
+        if placeable and scope in scoped:
             errors.append(
                 FieldError(
                     path, f"a second {PLUGIN_NAME} plugin for the same scope as {scoped[scope][1]}"
                 )
             )
+            placeable = False
+        if not placeable:
+            _compile_plugin(entry, path, scope, errors)
             return
         scoped[scope] = (entry, path)
 
@@ -172,8 +180,8 @@ def _compile_plugin(
     cpath = f"{path}.config"
     try:
         config = msgspec.convert(entry.config, AiProxyAdvancedConfig)
-    except msgspec.ValidationError as exc:
-        errors.append(validation_error(exc, cpath))
+    except msgspec.ValidationError:
+        errors.extend(schema_errors(entry.config, AiProxyAdvancedConfig, cpath))
         return None
     problems = check_plugin_config(config, cpath)
     if problems:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = ["ConfigError", "FieldError"]
 
 
@@ -36,3 +38,20 @@ class ConfigError(Exception):
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
+
+    def redacted(self, secrets: Iterable[str]) -> ConfigError:
+        """The same errors with every occurrence of ``secrets`` replaced by ``<redacted>``."""
+        values = sorted({s for s in secrets if len(s) >= _MIN_SECRET_LENGTH}, key=len, reverse=True)
+        if not values:
+            return self
+
+        def clean(text: str) -> str:
+            for value in values:
+                text = text.replace(value, "<redacted>")
+            return text
+
+        return ConfigError([FieldError(clean(e.path), clean(e.message)) for e in self.errors])
+
+
+#: Shorter values ("1", "true") are not secrets, and replacing them would garble messages.
+_MIN_SECRET_LENGTH = 4

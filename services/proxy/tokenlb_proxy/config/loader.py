@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import msgspec.structs
 import yaml
 
 from tokenlb_proxy.config.declarative import DeclarativeConfig
 from tokenlb_proxy.config.errors import ConfigError, FieldError
 
-__all__ = ["load_document", "parse_document", "substitute_env"]
+__all__ = ["load_document", "parse_document", "schema_errors", "substitute_env"]
 
 _PLACEHOLDER = re.compile(r"\$\{\{\s*env\s+\"([^\"]*)\"\s*\}\}")
 _MANIFEST_KINDS = ("KongPlugin", "KongClusterPlugin")
@@ -52,7 +55,7 @@ def parse_document(text: str, environ: Mapping[str, str]) -> DeclarativeConfig:
     try:
         return msgspec.convert(merged, DeclarativeConfig)
     except msgspec.ValidationError as exc:
-        raise ConfigError([validation_error(exc, "")]) from exc
+        raise ConfigError(schema_errors(merged, DeclarativeConfig, "")) from exc
 
 
 def substitute_env(
@@ -73,7 +76,12 @@ def substitute_env(
                 return ""
             return environ[name]
 
-        return _PLACEHOLDER.sub(replace, value)
+        substituted = _PLACEHOLDER.sub(replace, value)
+        if _PLACEHOLDER.fullmatch(value.strip()):
+            # decK substitutes into the file's text, so a whole-value placeholder takes
+            # the YAML type of what it holds: `max_tokens: ${{ env "DECK_MAX" }}` is a number.
+            return _scalar(substituted)
+        return substituted
     if isinstance(value, dict):
         return {
             k: substitute_env(v, environ, _join(path, str(k)), errors) for k, v in value.items()
@@ -83,15 +91,82 @@ def substitute_env(
     return value
 
 
+def _scalar(text: str) -> Any:
+    """``text`` read as a YAML scalar (number, boolean, string); itself when not a scalar."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, (int, float, bool, str)) else text
+
+
 def validation_error(exc: msgspec.ValidationError, prefix: str) -> FieldError:
-    """A msgspec error ("... - at `$.a.b[0]`") as a FieldError with a dotted path."""
+    """A msgspec error ("... - at `$.a.b[0]`") as a FieldError with a dotted path.
+
+    An unknown field is reported at its own path (``balancer.algorithmm``), not its parent's.
+    """
     message = str(exc)
     path = ""
     marker = " - at `$"
     if marker in message:
         message, _, where = message.partition(marker)
         path = where.rstrip("`").lstrip(".")
-    return FieldError(_join(prefix, path) if path else prefix, message)
+    path = _join(prefix, path) if path else prefix
+    unknown = _UNKNOWN_FIELD.fullmatch(message)
+    if unknown:
+        path = _join(path, unknown.group(1))
+    return FieldError(path, message)
+
+
+_UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`")
+
+
+def schema_errors(value: Any, type_: Any, path: str) -> list[FieldError]:
+    """Every schema violation in ``value`` (msgspec itself stops at the first one).
+
+    Objects and arrays of structs are checked field by field and item by item, so a file
+    with several mistakes gets them all reported at once.
+    """
+    try:
+        msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        return _nested_errors(value, type_, path) or [validation_error(exc, path)]
+    return []
+
+
+def _nested_errors(value: Any, type_: Any, path: str) -> list[FieldError]:
+    type_ = _unwrap(type_)
+    errors: list[FieldError] = []
+    if isinstance(type_, type) and issubclass(type_, msgspec.Struct) and isinstance(value, dict):
+        fields = {f.encode_name: f for f in msgspec.structs.fields(type_)}
+        if type_.__struct_config__.forbid_unknown_fields:
+            errors += [
+                FieldError(_join(path, str(key)), f"Object contains unknown field `{key}`")
+                for key in value
+                if key not in fields
+            ]
+        for name, field in fields.items():
+            if name in value:
+                errors += schema_errors(value[name], field.type, _join(path, name))
+            elif field.required:
+                errors.append(FieldError(path, f"Object missing required field `{name}`"))
+    elif typing.get_origin(type_) in (tuple, list) and isinstance(value, list):
+        args = typing.get_args(type_)
+        if (len(args) == 2 and args[1] is Ellipsis) or len(args) == 1:
+            for index, item in enumerate(value):
+                errors += schema_errors(item, args[0], f"{path}[{index}]")
+    return errors
+
+
+def _unwrap(type_: Any) -> Any:
+    """``Annotated[T, ...]`` and ``T | None`` as ``T``; anything else unchanged."""
+    if typing.get_origin(type_) is typing.Annotated:
+        type_ = typing.get_args(type_)[0]
+    if typing.get_origin(type_) in (typing.Union, types.UnionType):
+        members = [t for t in typing.get_args(type_) if t is not type(None)]
+        if len(members) == 1:
+            return _unwrap(members[0])
+    return type_
 
 
 def _merge_forms(documents: list[Any]) -> dict[str, Any]:
