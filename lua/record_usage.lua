@@ -6,6 +6,9 @@
 -- stored reservation was rescaled with everything else, and the same formula with the
 -- current epoch gives exactly its present stored value, so it is removed exactly.
 --
+-- It rolls the epoch like select_lowest_usage.lua does: round-robin balancers settle here
+-- but never select there, and 2^((now - epoch) / half_life) overflows past 1024 half-lives.
+--
 -- KEYS[1]  usage sorted set (see select_lowest_usage.lua)
 -- KEYS[2]  meta hash with epoch_ms
 -- KEYS[3]  totals hash: "<target_id>:<field>" -> cumulative counters
@@ -18,6 +21,7 @@
 -- ARGV[7]  completion_tokens  integer
 -- ARGV[8]  cost               currency units, decimal string
 -- ARGV[9]  failed             "1" when the request failed upstream, else "0"
+-- ARGV[10] roll_after         rescale when (now - epoch) / half_life exceeds this (half-lives)
 --
 -- Returns the target's decayed usage after settling, as a string.
 
@@ -30,6 +34,7 @@ local prompt_tokens = tonumber(ARGV[6])
 local completion_tokens = tonumber(ARGV[7])
 local cost = ARGV[8]
 local failed = ARGV[9] == "1"
+local roll_after = tonumber(ARGV[10])
 
 local time = redis.call("TIME")
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -40,6 +45,17 @@ if epoch_ms == nil then
   -- no reservation left to release, only the actual usage to add.
   epoch_ms = now_ms
   reserved = 0
+  redis.call("HSET", KEYS[2], "epoch_ms", epoch_ms)
+end
+
+local exponent = (now_ms - epoch_ms) / half_life_ms
+if exponent > roll_after then
+  local shrink = 2 ^ (-exponent)
+  local members = redis.call("ZRANGE", KEYS[1], 0, -1, "WITHSCORES")
+  for i = 1, #members, 2 do
+    redis.call("ZADD", KEYS[1], tonumber(members[i + 1]) * shrink, members[i])
+  end
+  epoch_ms = now_ms
   redis.call("HSET", KEYS[2], "epoch_ms", epoch_ms)
 end
 

@@ -130,6 +130,7 @@ class LocalStore:
         if state.epoch_ms is None:
             state.epoch_ms = now_ms
             reserved = 0.0
+        self._exponent(state, now_ms, half_life_ms)  # rolls the epoch, as record_usage.lua
         epoch_ms = state.epoch_ms
         delta = settlement.actual * 2.0 ** ((now_ms - epoch_ms) / half_life_ms) - (
             reserved * 2.0 ** ((settlement.reserved_at_ms - epoch_ms) / half_life_ms)

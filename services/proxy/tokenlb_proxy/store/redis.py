@@ -88,6 +88,7 @@ class RedisStore:
                 settlement.completion_tokens,
                 repr(settlement.cost),
                 "1" if settlement.failed else "0",
+                self._roll_after,
             ],
         )
 

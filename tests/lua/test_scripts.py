@@ -1,0 +1,591 @@
+"""The three Lua scripts against a real redis-server, branch by branch.
+
+Most checks go through ``RedisStore`` (what the proxy calls); the rest call the scripts
+raw where a branch has no typed entry point. Every test runs twice: with the script cache
+warm, and with ``SCRIPT FLUSH`` before every script call, so each EVALSHA must take
+redis-py's NOSCRIPT fallback and reload the script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+
+import pytest
+import redis.asyncio as aioredis
+
+from tokenlb_proxy.keys import balancer_keys
+from tokenlb_proxy.scripts import lua_source
+from tokenlb_proxy.store import Candidate, RedisStore, Selection, Settlement
+from tokenlb_proxy.store.base import Algorithm
+from tokenlb_proxy.store.redis import connect_redis
+
+KEYS = balancer_keys("lua-tests")
+SCRIPT_NAMES = ("select_lowest_usage", "select_round_robin", "record_usage")
+#: A half-life so long that decay over a test is below float noise (~1e-11 relative).
+NO_DECAY_MS = 10**12
+
+
+def candidate(
+    target_id: str, weight: int = 1, estimate: float = 0.0, *, eligible: bool = True
+) -> Candidate:
+    return Candidate(target_id=target_id, weight=weight, estimate=estimate, eligible=eligible)
+
+
+class Scripts:
+    """The scripts on one client: through ``RedisStore`` as the proxy calls them, or raw."""
+
+    def __init__(self, client: aioredis.Redis, *, flush_before_each_call: bool) -> None:
+        self.client = client
+        self.store = RedisStore(client)
+        #: Rolls the epoch whenever any time has passed since it (roll_after = 0 half-lives).
+        self.rolling_store = RedisStore(client, roll_after=0.0)
+        self.flush_before_each_call = flush_before_each_call
+        self._raw = {name: client.register_script(lua_source(name)) for name in SCRIPT_NAMES}
+
+    async def _before_call(self) -> None:
+        if self.flush_before_each_call:
+            await self.client.script_flush()
+
+    async def select(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        half_life_ms: int = NO_DECAY_MS,
+        algorithm: Algorithm = "lowest-usage",
+        store: RedisStore | None = None,
+    ) -> Selection:
+        await self._before_call()
+        return await (store or self.store).select(KEYS, algorithm, half_life_ms, candidates)
+
+    async def settle(
+        self,
+        target_id: str,
+        selection: Selection,
+        *,
+        reserved: float,
+        actual: float,
+        half_life_ms: int = NO_DECAY_MS,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost: float = 0.0,
+        failed: bool = False,
+    ) -> None:
+        await self._before_call()
+        settlement = Settlement(
+            target_id=target_id,
+            reserved=reserved,
+            reserved_at_ms=selection.reserved_at_ms,
+            actual=actual,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost=cost,
+            failed=failed,
+            backend=selection.backend,
+        )
+        await self.store.settle(KEYS, half_life_ms, settlement)
+
+    async def raw(self, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        await self._before_call()
+        return await self._raw[name](keys=list(keys), args=list(args))
+
+    async def record_usage(
+        self,
+        target_id: str,
+        *,
+        reserved: str,
+        reserved_at_ms: int,
+        actual: str,
+        failed: str = "0",
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost: str = "0.0",
+    ) -> str:
+        """record_usage.lua called raw, with every ARGV as Redis receives it."""
+        args: list[str | int] = [target_id, NO_DECAY_MS, reserved, reserved_at_ms, actual]
+        args += [prompt_tokens, completion_tokens, cost, failed, "20"]
+        reply = await self.raw("record_usage", [KEYS.usage, KEYS.meta, KEYS.totals], args)
+        return str(reply)
+
+    async def usage(self) -> dict[str, float]:
+        """The raw (forward-decayed) scores of the usage sorted set."""
+        members = await self.client.zrange(KEYS.usage, 0, -1, withscores=True)
+        return dict(cast("list[tuple[str, float]]", members))
+
+    async def epoch_ms(self) -> int | None:
+        value = await self.client.hget(KEYS.meta, "epoch_ms")
+        return None if value is None else int(value)
+
+
+async def server_ms(client: aioredis.Redis) -> int:
+    seconds, micros = await client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+async def seed_usage(client: aioredis.Redis, usage: dict[str, float]) -> None:
+    """Known targets with the given usage, epoch now (so raw score == decayed usage)."""
+    await client.hset(KEYS.meta, "epoch_ms", await server_ms(client))
+    await client.zadd(KEYS.usage, usage)
+
+
+@pytest.fixture(params=["warm-script-cache", "script-flush-before-each-call"])
+async def lua(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Scripts]:
+    client = connect_redis(redis_url)
+    try:
+        yield Scripts(client, flush_before_each_call=request.param != "warm-script-cache")
+    finally:
+        await client.aclose()
+
+
+# select_lowest_usage.lua -----------------------------------------------------------------
+
+
+async def test_first_call_creates_epoch_and_later_calls_keep_it(lua: Scripts) -> None:
+    assert await lua.epoch_ms() is None
+    before = await server_ms(lua.client)
+    first = await lua.select([candidate("a")])
+    after = await server_ms(lua.client)
+
+    assert before <= first.reserved_at_ms <= after
+    assert await lua.epoch_ms() == first.reserved_at_ms
+    await asyncio.sleep(0.003)
+    second = await lua.select([candidate("a")])
+    assert second.reserved_at_ms > first.reserved_at_ms
+    assert await lua.epoch_ms() == first.reserved_at_ms
+
+
+async def test_new_targets_start_at_zero_when_none_is_known(lua: Scripts) -> None:
+    selection = await lua.select([candidate("a", 2), candidate("b", 3)])
+
+    assert selection.index == 0
+    assert selection.score == 0.0
+    assert await lua.usage() == {"a": 0.0, "b": 0.0}
+
+
+async def test_new_target_starts_at_average_usage_per_weight(lua: Scripts) -> None:
+    # Per unit of weight: a 100, b 200 -> average 150; c (weight 3) starts at 450.
+    await seed_usage(lua.client, {"a": 100.0, "b": 400.0})
+
+    selection = await lua.select([candidate("a", 1), candidate("b", 2), candidate("c", 3)])
+
+    assert selection.index == 0
+    assert selection.score == pytest.approx(100.0)
+    assert await lua.usage() == pytest.approx({"a": 100.0, "b": 400.0, "c": 450.0})
+
+
+async def test_slow_start_target_is_not_flooded(lua: Scripts) -> None:
+    # c joins at the average (150), so requests go to a (100) until it passes 150; had c
+    # joined at 0, it would have taken all four.
+    await seed_usage(lua.client, {"a": 100.0, "b": 200.0})
+    targets = [candidate("a", estimate=20.0), candidate("b", estimate=20.0)]
+    targets.append(candidate("c", estimate=20.0))
+
+    chosen = [(await lua.select(targets)).index for _ in range(4)]
+
+    assert chosen == [0, 0, 0, 2]
+
+
+@pytest.mark.parametrize(
+    ("usage", "weights", "expected"),
+    [
+        # Raw usage 300 on weight 3 is 100 per unit: lower than 150 on weight 1.
+        ({"a": 300.0, "b": 150.0}, (3, 1), 0),
+        # The same raw usage on equal weights: the lower raw usage wins.
+        ({"a": 300.0, "b": 150.0}, (1, 1), 1),
+        # 90 per unit on weight 1 beats 100 per unit on weight 3.
+        ({"a": 300.0, "b": 90.0}, (3, 1), 1),
+    ],
+)
+async def test_lowest_usage_per_unit_of_weight_wins(
+    lua: Scripts, usage: dict[str, float], weights: tuple[int, int], expected: int
+) -> None:
+    await seed_usage(lua.client, usage)
+
+    selection = await lua.select([candidate("a", weights[0]), candidate("b", weights[1])])
+
+    assert selection.index == expected
+    target = "ab"[expected]
+    assert selection.score == pytest.approx(usage[target] / weights[expected])
+
+
+async def test_ties_go_to_the_earlier_target(lua: Scripts) -> None:
+    await seed_usage(lua.client, {"a": 50.0, "b": 50.0, "c": 100.0})
+
+    assert (await lua.select([candidate("b"), candidate("a")])).index == 0
+    assert (await lua.select([candidate("a"), candidate("b")])).index == 0
+    # Equal per unit of weight: 50/1 and 100/2.
+    assert (await lua.select([candidate("c", 2), candidate("a", 1)])).index == 0
+
+
+async def test_ineligible_target_is_never_chosen_but_counts_in_the_average(
+    lua: Scripts,
+) -> None:
+    # a is idle but ineligible. The new c starts at (0 + 200) / 2 = 100, below b's 200;
+    # were a left out of the average, c would start at 200 and lose the tie to b.
+    await seed_usage(lua.client, {"a": 0.0, "b": 200.0})
+    targets = [candidate("a", eligible=False), candidate("b"), candidate("c")]
+
+    selection = await lua.select(targets)
+
+    assert selection.index == 2
+    assert selection.score == pytest.approx(100.0)
+    assert (await lua.usage())["c"] == pytest.approx(100.0)
+
+
+async def test_ineligible_target_is_skipped_even_when_idle(lua: Scripts) -> None:
+    await seed_usage(lua.client, {"a": 0.0, "b": 1000.0})
+
+    for _ in range(3):
+        selection = await lua.select([candidate("a", eligible=False), candidate("b", estimate=5)])
+        assert selection.index == 1
+    assert await lua.usage() == pytest.approx({"a": 0.0, "b": 1015.0})
+
+
+async def test_no_eligible_target_chooses_nothing_and_reserves_nothing(lua: Scripts) -> None:
+    await seed_usage(lua.client, {"a": 10.0})
+    targets = [candidate("a", estimate=5, eligible=False)]
+    targets.append(candidate("b", estimate=5, eligible=False))
+
+    before = await server_ms(lua.client)
+    selection = await lua.select(targets)
+    after = await server_ms(lua.client)
+    assert selection.index is None
+    assert selection.score == 0.0
+    assert before <= selection.reserved_at_ms <= after
+    # b was still added at the slow-start average, but nothing was reserved.
+    assert await lua.usage() == pytest.approx({"a": 10.0, "b": 10.0})
+
+    reply = await lua.raw(
+        "select_lowest_usage",
+        [KEYS.usage, KEYS.meta],
+        [NO_DECAY_MS, "20", 2, "a", 1, "5", "0", "b", 1, "5", "0"],
+    )
+    assert [reply[0], reply[2]] == [0, "0"]
+
+
+async def test_no_candidates_chooses_nothing(lua: Scripts) -> None:
+    selection = await lua.select([])
+
+    assert selection.index is None
+    assert await lua.usage() == {}
+    assert await lua.epoch_ms() == selection.reserved_at_ms
+
+
+async def test_zero_estimate_reserves_nothing(lua: Scripts) -> None:
+    await lua.select([candidate("a", estimate=0.0)])
+    await lua.select([candidate("a", estimate=0)])
+    assert await lua.usage() == {"a": 0.0}
+
+    await lua.select([candidate("a", estimate=12.5)])
+    assert await lua.usage() == pytest.approx({"a": 12.5})
+
+
+async def test_reservation_sends_the_next_caller_to_the_other_target(lua: Scripts) -> None:
+    targets = [candidate("a", estimate=10.0), candidate("b", estimate=10.0)]
+
+    chosen = [(await lua.select(targets)).index for _ in range(6)]
+
+    assert chosen == [0, 1, 0, 1, 0, 1]
+    assert await lua.usage() == pytest.approx({"a": 30.0, "b": 30.0})
+
+
+async def test_epoch_rolls_and_rescales_every_member(lua: Scripts) -> None:
+    half_life_ms = 1000
+    old_epoch = await server_ms(lua.client) - 25 * half_life_ms  # past roll_after = 20
+    await lua.client.hset(KEYS.meta, "epoch_ms", old_epoch)
+    stored = {"a": 3.0 * 2**25, "b": 5.0 * 2**25, "c": 4.0 * 2**25}
+    await lua.client.zadd(KEYS.usage, stored)
+
+    selection = await lua.select(
+        [candidate("a", estimate=0.5), candidate("b"), candidate("c")], half_life_ms=half_life_ms
+    )
+
+    shrink = 2.0 ** (-(selection.reserved_at_ms - old_epoch) / half_life_ms)
+    assert shrink <= 2.0**-25
+    assert await lua.epoch_ms() == selection.reserved_at_ms
+    assert selection.index == 0
+    assert selection.score == pytest.approx(stored["a"] * shrink, rel=1e-12)
+    # The reservation is added at the new epoch's scale: exactly its estimate.
+    expected = {target: score * shrink for target, score in stored.items()}
+    expected["a"] += 0.5
+    assert await lua.usage() == pytest.approx(expected, rel=1e-12)
+    assert await lua.client.zrange(KEYS.usage, 0, -1) == ["a", "c", "b"]
+
+
+async def test_epoch_stays_below_roll_after(lua: Scripts) -> None:
+    half_life_ms = 1000
+    old_epoch = await server_ms(lua.client) - 10 * half_life_ms
+    await lua.client.hset(KEYS.meta, "epoch_ms", old_epoch)
+    await lua.client.zadd(KEYS.usage, {"a": 3.0 * 2**10})
+
+    selection = await lua.select([candidate("a")], half_life_ms=half_life_ms)
+
+    assert await lua.epoch_ms() == old_epoch
+    assert await lua.usage() == {"a": 3.0 * 2**10}
+    decay = 2.0 ** (-(selection.reserved_at_ms - old_epoch) / half_life_ms)
+    assert selection.score == pytest.approx(3.0 * 2**10 * decay, rel=1e-12)
+
+
+async def test_usage_halves_every_half_life(lua: Scripts) -> None:
+    half_life_ms = 200
+    selection = await lua.select([candidate("a", estimate=100.0)], half_life_ms=half_life_ms)
+    reserved_at = selection.reserved_at_ms
+
+    for half_lives in (1, 2):
+        await asyncio.sleep(half_life_ms / 1000)
+        before = await server_ms(lua.client)
+        usage = (await lua.store.totals(KEYS, half_life_ms, ["a"]))["a"].usage
+        after = await server_ms(lua.client)
+        # Exactly 100 * 2^(-elapsed / half-life) for an elapsed time within [before, after].
+        lowest = 100.0 * 2.0 ** (-(after - reserved_at) / half_life_ms)
+        highest = 100.0 * 2.0 ** (-(before - reserved_at) / half_life_ms)
+        assert lowest * (1 - 1e-9) <= usage <= highest * (1 + 1e-9)
+        assert usage == pytest.approx(100.0 / 2**half_lives, rel=0.15)
+
+
+# record_usage.lua ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("actual", "expected"), [(100.0, 100.0), (30.0, 30.0), (250.0, 250.0)])
+async def test_settle_swaps_the_reservation_for_actual_usage(
+    lua: Scripts, actual: float, expected: float
+) -> None:
+    selection = await lua.select([candidate("a", estimate=100.0)])
+    assert await lua.usage() == pytest.approx({"a": 100.0})
+
+    await lua.settle("a", selection, reserved=100.0, actual=actual)
+
+    assert await lua.usage() == pytest.approx({"a": expected})
+    assert await lua.epoch_ms() == selection.reserved_at_ms  # no roll this soon
+    totals = await lua.store.totals(KEYS, NO_DECAY_MS, ["a"])
+    assert totals["a"].usage == pytest.approx(expected)
+
+
+async def test_settle_with_zero_actual_releases_the_reservation(lua: Scripts) -> None:
+    targets = [candidate("a", estimate=100.0), candidate("b", estimate=100.0)]
+    first = await lua.select(targets)
+    assert first.index == 0
+
+    await lua.settle("a", first, reserved=100.0, actual=0.0, failed=True)
+
+    assert (await lua.usage())["a"] == pytest.approx(0.0, abs=1e-9)
+    # a is idle again, so it wins the tie once more.
+    assert (await lua.select(targets)).index == 0
+
+
+async def test_reservation_made_before_an_epoch_roll_is_removed_exactly(lua: Scripts) -> None:
+    half_life_ms = 1000
+    first = await lua.select([candidate("a")], half_life_ms=half_life_ms)  # creates the epoch
+    first_epoch = first.reserved_at_ms
+    await lua.client.zadd(KEYS.usage, {"a": 1000.0})
+    selection = await lua.select([candidate("a", estimate=100.0)], half_life_ms=half_life_ms)
+    await asyncio.sleep(0.005)
+    rolled = await lua.select([candidate("a")], half_life_ms=half_life_ms, store=lua.rolling_store)
+    assert await lua.epoch_ms() == rolled.reserved_at_ms > selection.reserved_at_ms
+
+    await lua.settle(
+        "a", selection, reserved=100.0, actual=0.0, half_life_ms=half_life_ms, failed=True
+    )
+
+    # Only the 1000 stored before the reservation is left, rescaled by the roll: an
+    # under-release would leave more, an over-release less (it is far from the 0 clamp).
+    shrink = 2.0 ** (-(rolled.reserved_at_ms - first_epoch) / half_life_ms)
+    assert await lua.usage() == pytest.approx({"a": 1000.0 * shrink}, rel=1e-12)
+
+
+@pytest.mark.parametrize("deleted", [("meta",), ("meta", "usage")])
+async def test_settle_after_state_was_deleted_adds_actual_only(
+    lua: Scripts, deleted: tuple[str, ...]
+) -> None:
+    selection = await lua.select([candidate("a", estimate=100.0)])
+    await lua.client.delete(*(getattr(KEYS, name) for name in deleted))
+    left = (await lua.usage()).get("a", 0.0)
+
+    before = await server_ms(lua.client)
+    reply = await lua.record_usage(
+        "a", reserved="100.0", reserved_at_ms=selection.reserved_at_ms, actual="30.0"
+    )
+    after = await server_ms(lua.client)
+
+    assert await lua.usage() == pytest.approx({"a": left + 30.0})
+    assert float(reply) == pytest.approx(left + 30.0)
+    epoch = await lua.epoch_ms()
+    assert epoch is not None
+    assert before <= epoch <= after
+    assert (await lua.store.totals(KEYS, NO_DECAY_MS, ["a"]))["a"].requests == 1
+
+
+async def test_settle_rolls_the_epoch_too(lua: Scripts) -> None:
+    # Round-robin balancers settle but never run select_lowest_usage.lua; the epoch must
+    # still move, or 2^((now - epoch) / half_life) overflows and settling fails.
+    half_life_ms = 1000
+    old_epoch = await server_ms(lua.client) - 25 * half_life_ms  # past roll_after = 20
+    await lua.client.hset(KEYS.meta, "epoch_ms", old_epoch)
+    stored = {"a": 3.0 * 2**25, "b": 5.0 * 2**25}
+    await lua.client.zadd(KEYS.usage, stored)
+    selection = await lua.select([candidate("a")], algorithm="round-robin")
+
+    await lua.settle("a", selection, reserved=0.0, actual=4.0, half_life_ms=half_life_ms)
+
+    new_epoch = await lua.epoch_ms()
+    assert new_epoch is not None
+    assert new_epoch >= selection.reserved_at_ms
+    shrink = 2.0 ** (-(new_epoch - old_epoch) / half_life_ms)
+    expected = {"a": stored["a"] * shrink + 4.0, "b": stored["b"] * shrink}
+    assert await lua.usage() == pytest.approx(expected, rel=1e-12)
+
+
+async def test_settle_works_after_a_thousand_half_lives(lua: Scripts) -> None:
+    half_life_ms = 1000
+    old_epoch = await server_ms(lua.client) - 1100 * half_life_ms  # 2^1100 overflows
+    await lua.client.hset(KEYS.meta, "epoch_ms", old_epoch)
+    await lua.client.zadd(KEYS.usage, {"a": 2.0**1000})
+    selection = await lua.select([candidate("a")], algorithm="round-robin")
+
+    await lua.settle(
+        "a", selection, reserved=0.0, actual=10.0, half_life_ms=half_life_ms, completion_tokens=10
+    )
+
+    assert await lua.usage() == pytest.approx({"a": 10.0})
+    totals = (await lua.store.totals(KEYS, half_life_ms, ["a"]))["a"]
+    assert (totals.requests, totals.completion_tokens) == (1, 10)
+    assert totals.usage == pytest.approx(10.0, rel=0.05)
+
+
+async def test_over_release_is_clamped_to_zero(lua: Scripts) -> None:
+    selection = await lua.select([candidate("a", estimate=10.0)])
+
+    reply = await lua.record_usage(
+        "a", reserved="10.5", reserved_at_ms=selection.reserved_at_ms, actual="0.0", failed="1"
+    )
+
+    assert reply == "0"
+    assert await lua.usage() == {"a": 0.0}
+
+
+async def test_settle_returns_decayed_usage_after_settling(lua: Scripts) -> None:
+    selection = await lua.select([candidate("a", estimate=40.0)])
+
+    reply = await lua.record_usage(
+        "a", reserved="40.0", reserved_at_ms=selection.reserved_at_ms, actual="64.5"
+    )
+
+    assert float(reply) == pytest.approx(64.5)
+
+
+async def test_settle_increments_the_totals_hash(lua: Scripts) -> None:
+    ok = await lua.select([candidate("a", estimate=33.0)])
+    await lua.settle(
+        "a", ok, reserved=33.0, actual=33.0, prompt_tokens=11, completion_tokens=22, cost=0.5
+    )
+    # No errors field until a request fails.
+    assert await lua.client.hgetall(KEYS.totals) == {
+        "a:requests": "1",
+        "a:prompt_tokens": "11",
+        "a:completion_tokens": "22",
+        "a:cost": "0.5",
+    }
+
+    failed = await lua.select([candidate("a", estimate=8.0)])
+    await lua.settle("a", failed, reserved=8.0, actual=0.0, prompt_tokens=3, failed=True)
+    other = await lua.select([candidate("b", estimate=1.0)])
+    # Per-token prices are tiny: repr() gives exponent notation, which must still add up.
+    await lua.settle("b", other, reserved=1.0, actual=1.0, prompt_tokens=1, cost=2.5e-06)
+
+    totals = await lua.store.totals(KEYS, NO_DECAY_MS, ["a", "b"])
+    a, b = totals["a"], totals["b"]
+    assert (a.requests, a.errors, a.prompt_tokens, a.completion_tokens) == (2, 1, 14, 22)
+    assert a.cost == pytest.approx(0.5)
+    assert a.usage == pytest.approx(33.0)
+    assert (b.requests, b.errors, b.prompt_tokens, b.completion_tokens) == (1, 0, 1, 0)
+    assert b.cost == pytest.approx(2.5e-06)
+
+
+# select_round_robin.lua ------------------------------------------------------------------
+
+
+async def round_robin(lua: Scripts, targets: Sequence[Candidate], calls: int) -> list[int | None]:
+    return [(await lua.select(targets, algorithm="round-robin")).index for _ in range(calls)]
+
+
+async def test_round_robin_is_nginx_smooth_weighted(lua: Scripts) -> None:
+    targets = [candidate("a", 5), candidate("b", 1), candidate("c", 1)]
+
+    # nginx's documented sequence for weights 5, 1, 1: a a b a c a a, then again.
+    assert await round_robin(lua, targets, 14) == [0, 0, 1, 0, 2, 0, 0] * 2
+
+
+async def test_round_robin_gives_exact_shares(lua: Scripts) -> None:
+    targets = [candidate("a", 3), candidate("b", 2), candidate("c", 1)]
+
+    chosen = await round_robin(lua, targets, 600)
+
+    assert Counter(chosen) == {0: 300, 1: 200, 2: 100}
+    # Smooth: every window of one full cycle holds each target its weight's share.
+    assert all(Counter(chosen[i : i + 6]) == {0: 3, 1: 2, 2: 1} for i in range(0, 600, 6))
+
+
+async def test_round_robin_skips_ineligible_targets(lua: Scripts) -> None:
+    targets = [candidate("a"), candidate("b", eligible=False), candidate("c")]
+
+    assert await round_robin(lua, targets, 6) == [0, 2, 0, 2, 0, 2]
+    assert await lua.client.hget(KEYS.round_robin, "b") is None
+
+
+async def test_round_robin_with_nothing_eligible(lua: Scripts) -> None:
+    before = await server_ms(lua.client)
+    nothing = await lua.select([candidate("a", eligible=False)], algorithm="round-robin")
+    empty = await lua.select([], algorithm="round-robin")
+    after = await server_ms(lua.client)
+
+    assert nothing.index is None
+    assert empty.index is None
+    assert before <= nothing.reserved_at_ms <= empty.reserved_at_ms <= after
+    assert nothing.score == 0.0
+    assert await lua.client.exists(KEYS.round_robin) == 0
+
+
+# Script cache and concurrency ------------------------------------------------------------
+
+
+async def test_scripts_reload_after_script_flush(lua: Scripts) -> None:
+    shas = [lua.client.register_script(lua_source(name)).sha for name in SCRIPT_NAMES]
+    await lua.client.script_flush()
+    assert await lua.client.script_exists(*shas) == [False, False, False]
+
+    selection = await lua.store.select(KEYS, "lowest-usage", NO_DECAY_MS, [candidate("a", 1, 4)])
+    await lua.store.select(KEYS, "round-robin", NO_DECAY_MS, [candidate("a")])
+    settlement = Settlement("a", 4.0, selection.reserved_at_ms, 9.0, 0, 0, 0.0, failed=False)
+    await lua.store.settle(KEYS, NO_DECAY_MS, settlement)
+
+    assert await lua.client.script_exists(*shas) == [True, True, True]
+    assert await lua.usage() == pytest.approx({"a": 9.0})
+
+
+async def test_concurrent_selects_are_atomic(lua: Scripts, redis_url: str) -> None:
+    # 200 requests open ~200 connections at once: allow for a loaded CI machine.
+    clients = [connect_redis(redis_url, timeout_s=10.0) for _ in range(4)]
+    try:
+        stores = [RedisStore(client) for client in clients]
+        targets = [candidate("a", estimate=10.0), candidate("b", estimate=10.0)]
+        if lua.flush_before_each_call:
+            await lua.client.script_flush()  # all four clients reload it, concurrently
+
+        selections = await asyncio.gather(
+            *(
+                stores[i % len(stores)].select(KEYS, "lowest-usage", NO_DECAY_MS, targets)
+                for i in range(200)
+            )
+        )
+
+        chosen = Counter(selection.index for selection in selections)
+        assert chosen[0] + chosen[1] == 200
+        assert abs(chosen[0] - chosen[1]) <= 1
+        usage = await lua.usage()
+        assert usage == pytest.approx({"a": 10.0 * chosen[0], "b": 10.0 * chosen[1]})
+        assert sum(usage.values()) == pytest.approx(2000.0)
+    finally:
+        for client in clients:
+            await client.aclose()

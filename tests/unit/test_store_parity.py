@@ -1,0 +1,380 @@
+"""LocalStore and RedisStore balance alike; ResilientStore falls back and comes back.
+
+The same scenarios run against both stores through a harness that also moves time: the
+local store reads an injected clock, and Redis (whose scripts read the server's TIME) is
+moved forward by shifting its decay epoch back, which ages every stored score alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
+
+import msgspec
+import pytest
+import redis.asyncio as aioredis
+
+from tests.support import ManagedProcess, free_port, start_redis
+from tokenlb_proxy.keys import BalancerKeys, balancer_keys
+from tokenlb_proxy.store import (
+    Candidate,
+    LocalStore,
+    RedisStore,
+    ResilientStore,
+    Selection,
+    Settlement,
+    TargetTotals,
+    UsageStore,
+)
+from tokenlb_proxy.store.base import Algorithm
+from tokenlb_proxy.store.redis import connect_redis
+
+KEYS = balancer_keys("parity")
+#: Long enough that Redis's real clock moving a few ms during a test is negligible (1e-4).
+HALF_LIFE_MS = 60_000
+RESILIENT_LOGGER = "tokenlb_proxy.store.resilient"
+
+
+def candidate(
+    target_id: str, weight: int = 1, estimate: float = 0.0, *, eligible: bool = True
+) -> Candidate:
+    return Candidate(target_id=target_id, weight=weight, estimate=estimate, eligible=eligible)
+
+
+class StoreHarness:
+    """A store plus a clock the test moves forward; times in Selections are virtual."""
+
+    def __init__(self, store: UsageStore) -> None:
+        self.store = store
+        #: How far the test has moved the store's clock past its real one, milliseconds.
+        self.offset_ms = 0
+
+    async def advance(self, ms: int) -> None:
+        raise NotImplementedError
+
+    async def select(
+        self, candidates: Sequence[Candidate], algorithm: Algorithm = "lowest-usage"
+    ) -> Selection:
+        selection = await self.store.select(KEYS, algorithm, HALF_LIFE_MS, candidates)
+        return msgspec.structs.replace(
+            selection, reserved_at_ms=selection.reserved_at_ms + self.offset_ms
+        )
+
+    async def settle(
+        self,
+        target: Candidate,
+        selection: Selection,
+        actual: float,
+        *,
+        reserved: float | None = None,
+        failed: bool = False,
+        cost: float = 0.0,
+    ) -> None:
+        settlement = Settlement(
+            target_id=target.target_id,
+            reserved=target.estimate if reserved is None else reserved,
+            reserved_at_ms=selection.reserved_at_ms - self.offset_ms,
+            actual=actual,
+            prompt_tokens=int(actual) // 4,
+            completion_tokens=int(actual) - int(actual) // 4,
+            cost=cost,
+            failed=failed,
+            backend=selection.backend,
+        )
+        await self.store.settle(KEYS, HALF_LIFE_MS, settlement)
+
+    async def totals(self, target_ids: Sequence[str]) -> dict[str, TargetTotals]:
+        return await self.store.totals(KEYS, HALF_LIFE_MS, target_ids)
+
+    async def usage(self, target_ids: Sequence[str]) -> list[float]:
+        totals = await self.totals(target_ids)
+        return [totals[target_id].usage for target_id in target_ids]
+
+
+class LocalHarness(StoreHarness):
+    def __init__(self) -> None:
+        self.now_ms = 1_700_000_000_000
+        super().__init__(LocalStore(clock_ms=lambda: self.now_ms))
+
+    async def advance(self, ms: int) -> None:
+        self.now_ms += ms
+
+
+class RedisHarness(StoreHarness):
+    def __init__(self, client: aioredis.Redis) -> None:
+        super().__init__(RedisStore(client))
+        self.client = client
+
+    async def advance(self, ms: int) -> None:
+        # (now - epoch) grows by ms; reservation times are shifted with it on settle.
+        if await self.client.hexists(KEYS.meta, "epoch_ms"):
+            await self.client.hincrby(KEYS.meta, "epoch_ms", -ms)
+        self.offset_ms += ms
+
+
+@pytest.fixture(params=["local", "redis"])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[StoreHarness]:
+    if request.param == "local":
+        yield LocalHarness()
+        return
+    redis_url: str = request.getfixturevalue("redis_url")
+    client = connect_redis(redis_url)
+    try:
+        yield RedisHarness(client)
+    finally:
+        await client.aclose()
+
+
+# Scenarios for both stores ---------------------------------------------------------------
+
+
+async def test_new_target_starts_at_the_average_and_is_not_flooded(
+    harness: StoreHarness,
+) -> None:
+    a, b = candidate("a", 1, 20.0), candidate("b", 2, 20.0)
+    for target, actual in ((a, 100.0), (b, 400.0)):
+        await harness.settle(target, await harness.select([target]), actual)
+    c = candidate("c", 2, 40.0)
+
+    # Per unit of weight a is at 100 and b at 200: c starts at their average, 150 per
+    # unit of its weight 2. At 0 it would take every request for a while.
+    first = await harness.select([a, b, c])
+    assert first.index == 0
+    assert first.score == pytest.approx(100.0, rel=1e-3)
+    assert await harness.usage(["a", "b", "c"]) == pytest.approx([120.0, 400.0, 300.0], rel=1e-3)
+    chosen = [first.index] + [(await harness.select([a, b, c])).index for _ in range(3)]
+    assert chosen == [0, 0, 0, 2]
+
+
+async def test_weighted_lowest_usage_balances_counted_usage(harness: StoreHarness) -> None:
+    rng = random.Random(20240601)
+    big, small = candidate("big", 3, 200.0), candidate("small", 1, 200.0)
+    chosen: Counter[int | None] = Counter()
+    for _ in range(50):
+        # Eight requests in flight at once, then they finish with very different sizes.
+        in_flight = [await harness.select([big, small]) for _ in range(8)]
+        for selection in in_flight:
+            assert selection.index is not None
+            chosen[selection.index] += 1
+            target = (big, small)[selection.index]
+            await harness.settle(target, selection, float(rng.randint(20, 400)))
+        await harness.advance(500)
+
+    totals = await harness.totals(["big", "small"])
+    big_tokens, small_tokens = totals["big"].total_tokens, totals["small"].total_tokens
+    # Usage per unit of weight ends within a few percent; request counts follow suit.
+    assert big_tokens / 3 == pytest.approx(small_tokens, rel=0.04)
+    assert chosen[0] / chosen[1] == pytest.approx(3.0, rel=0.1)
+    usage_big, usage_small = totals["big"].usage, totals["small"].usage
+    assert usage_big / 3 == pytest.approx(usage_small, rel=0.05)
+
+
+async def test_round_robin_follows_weights(harness: StoreHarness) -> None:
+    targets = [candidate("a", 5), candidate("b", 1), candidate("c", 1)]
+    targets.append(candidate("d", 9, eligible=False))
+
+    chosen = [(await harness.select(targets, "round-robin")).index for _ in range(700)]
+
+    assert chosen[:7] == [0, 0, 1, 0, 2, 0, 0]
+    assert Counter(chosen) == {0: 500, 1: 100, 2: 100}
+
+
+async def test_usage_decays_and_reservations_release_across_time(harness: StoreHarness) -> None:
+    a = candidate("a", 1, 100.0)
+    await harness.settle(a, await harness.select([a]), 100.0)
+
+    await harness.advance(HALF_LIFE_MS)
+    assert await harness.usage(["a"]) == pytest.approx([50.0], rel=1e-3)
+    await harness.advance(HALF_LIFE_MS)
+    assert await harness.usage(["a"]) == pytest.approx([25.0], rel=1e-3)
+
+    # A reservation held across a half-life is swapped exactly for the actual usage:
+    # a's earlier 25 decays to 12.5, plus the 40 this request really used.
+    held = await harness.select([a])
+    assert await harness.usage(["a"]) == pytest.approx([125.0], rel=1e-3)
+    await harness.advance(HALF_LIFE_MS)
+    assert await harness.usage(["a"]) == pytest.approx([62.5], rel=1e-3)
+    await harness.settle(a, held, 40.0)
+    assert await harness.usage(["a"]) == pytest.approx([52.5], rel=1e-3)
+
+
+async def test_epoch_roll_keeps_decayed_usage(harness: StoreHarness) -> None:
+    a, b = candidate("a", 1, 0.0), candidate("b", 1, 0.0)
+    await harness.settle(a, await harness.select([a, b]), 64.0 * 2**30)
+    await harness.settle(b, await harness.select([b]), 32.0 * 2**30)
+
+    # 30 half-lives is past roll_after (20): the next selection moves the epoch.
+    await harness.advance(30 * HALF_LIFE_MS)
+    selection = await harness.select([a, b])
+
+    assert selection.index == 1
+    assert selection.score == pytest.approx(32.0, rel=1e-3)
+    assert await harness.usage(["a", "b"]) == pytest.approx([64.0, 32.0], rel=1e-3)
+
+
+async def test_round_robin_settles_keep_counting_for_days(harness: StoreHarness) -> None:
+    # Only record_usage moves a round-robin balancer's epoch; without it the forward-decay
+    # factor overflows after ~1024 half-lives (17 hours at 60 s) and every settle fails.
+    a = candidate("a", 1)
+    await harness.settle(a, await harness.select([a], "round-robin"), 100.0)
+    await harness.advance(1100 * HALF_LIFE_MS)
+
+    await harness.settle(a, await harness.select([a], "round-robin"), 8.0)
+
+    totals = (await harness.totals(["a"]))["a"]
+    assert (totals.requests, totals.total_tokens) == (2, 108)
+    assert totals.usage == pytest.approx(8.0, rel=1e-3)
+
+
+async def test_failed_requests_count_as_errors(harness: StoreHarness) -> None:
+    a = candidate("a", 1, 50.0)
+    await harness.settle(a, await harness.select([a]), 120.0, cost=0.25)
+    await harness.settle(a, await harness.select([a]), 0.0, failed=True)
+    await harness.settle(a, await harness.select([a]), 0.0, failed=True, cost=1e-06)
+
+    totals = (await harness.totals(["a"]))["a"]
+
+    assert (totals.requests, totals.errors) == (3, 2)
+    assert (totals.prompt_tokens, totals.completion_tokens) == (30, 90)
+    assert totals.cost == pytest.approx(0.250001)
+    # Failed requests released their reservations: only the 120 that ran remains.
+    assert totals.usage == pytest.approx(120.0, rel=1e-3)
+
+
+async def test_over_release_clamps_usage_at_zero(harness: StoreHarness) -> None:
+    a = candidate("a", 1, 10.0)
+    await harness.settle(a, await harness.select([a]), 0.0, reserved=10.5, failed=True)
+    assert await harness.usage(["a"]) == [0.0]
+
+    # Negative usage would pull every request to a; clamped, the next 30 count in full.
+    await harness.settle(a, await harness.select([a]), 30.0)
+    assert await harness.usage(["a"]) == pytest.approx([30.0], rel=1e-3)
+
+
+async def test_totals_shape(harness: StoreHarness) -> None:
+    assert await harness.totals([]) == {}
+    assert await harness.totals(["a"]) == {"a": TargetTotals()}
+
+    a = candidate("a", 1, 10.0)
+    await harness.settle(a, await harness.select([a]), 10.0, cost=0.5)
+    totals = await harness.totals(["never", "a"])
+
+    assert list(totals) == ["never", "a"]
+    assert totals["never"] == TargetTotals()
+    counted = totals["a"]
+    assert isinstance(counted.requests, int)
+    assert isinstance(counted.cost, float)
+    assert isinstance(counted.usage, float)
+    assert (counted.requests, counted.errors, counted.total_tokens) == (1, 0, 10)
+    assert counted.cost == 0.5
+    assert counted.usage == pytest.approx(10.0, rel=1e-3)
+
+
+async def test_no_eligible_target(harness: StoreHarness) -> None:
+    a = candidate("a", 1, 10.0, eligible=False)
+
+    for algorithm in ("lowest-usage", "round-robin"):
+        assert (await harness.select([a], algorithm)).index is None
+        assert (await harness.select([], algorithm)).index is None
+    assert await harness.usage(["a"]) == [0.0]
+
+
+# ResilientStore --------------------------------------------------------------------------
+
+
+class CountingRedisStore(RedisStore):
+    """Counts how often the primary is tried, to show the retry interval is honoured."""
+
+    select_attempts = 0
+
+    async def select(
+        self,
+        keys: BalancerKeys,
+        algorithm: Algorithm,
+        half_life_ms: int,
+        candidates: Sequence[Candidate],
+    ) -> Selection:
+        self.select_attempts += 1
+        return await super().select(keys, algorithm, half_life_ms, candidates)
+
+
+@pytest.fixture
+def late_redis() -> Iterator[list[ManagedProcess]]:
+    """Holds the redis-servers a test starts itself, and stops them afterwards."""
+    started: list[ManagedProcess] = []
+    yield started
+    for process in started:
+        process.stop()
+
+
+def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == RESILIENT_LOGGER and record.levelno == logging.WARNING
+    ]
+
+
+async def test_resilient_store_falls_back_and_rejoins(
+    caplog: pytest.LogCaptureFixture,
+    process_logs: Path,
+    late_redis: list[ManagedProcess],
+) -> None:
+    dead_port = free_port()
+    caplog.set_level(logging.WARNING, logger=RESILIENT_LOGGER)
+    retry_interval_s = 0.2
+    primary = CountingRedisStore(connect_redis(f"redis://127.0.0.1:{dead_port}"))
+    fallback = LocalStore(clock_ms=lambda: 1_700_000_000_000)  # frozen: no decay
+    store = ResilientStore(primary, fallback, retry_interval_s=retry_interval_s)
+    targets = [candidate("a", 1, 10.0), candidate("b", 1, 10.0)]
+    try:
+        # Redis is down: selections still balance, on the local counters.
+        down = [await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, targets) for _ in range(10)]
+        assert [s.backend for s in down] == ["local"] * 10
+        assert [s.index for s in down] == [0, 1] * 5
+        assert store.degraded
+        assert primary.select_attempts == 1  # then no probe before the retry interval
+
+        await asyncio.sleep(retry_interval_s + 0.05)
+        for _ in range(10):
+            selection = await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, targets)
+            assert selection.backend == "local"
+        assert primary.select_attempts == 2  # one failed probe, no new warning
+        assert store.outages == 1
+        assert len(warnings_logged(caplog)) == 1
+        assert "unreachable" in warnings_logged(caplog)[0]
+
+        # A fallback selection is settled on the local store.
+        settlement = Settlement("a", 10.0, down[0].reserved_at_ms, 25.0, 5, 20, 0.1, False, "local")
+        await store.settle(KEYS, HALF_LIFE_MS, settlement)
+        local = (await fallback.totals(KEYS, HALF_LIFE_MS, ["a"]))["a"]
+        assert (local.requests, local.total_tokens) == (1, 25)
+        # Ten reservations of 10 on a, one of them swapped for its actual 25.
+        assert local.usage == 115.0
+        assert (await store.totals(KEYS, HALF_LIFE_MS, ["a"]))["a"].requests == 1
+
+        # Redis comes up on that port: after the retry interval the store rejoins it.
+        process, _ = start_redis(process_logs, dead_port)
+        late_redis.append(process)
+        await asyncio.sleep(retry_interval_s)
+        back = await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, targets)
+        assert back.backend == "redis"
+        assert back.index == 0  # Redis has none of the local usage
+        assert not store.degraded
+        assert warnings_logged(caplog)[1:] == [
+            "Redis is reachable again; rejoined the fleet-wide balancer"
+        ]
+
+        # ...and a Redis selection is settled on Redis, not locally.
+        settlement = Settlement("a", 10.0, back.reserved_at_ms, 30.0, 10, 20, 0.2, False, "redis")
+        await store.settle(KEYS, HALF_LIFE_MS, settlement)
+        assert await primary.client.hget(KEYS.totals, "a:requests") == "1"
+        assert (await fallback.totals(KEYS, HALF_LIFE_MS, ["a"]))["a"].requests == 1
+        assert (await store.totals(KEYS, HALF_LIFE_MS, ["a"]))["a"].total_tokens == 30
+        assert len(warnings_logged(caplog)) == 2
+    finally:
+        await store.close()
