@@ -106,6 +106,8 @@ def test_fleet_wide_balance_within_three_percent(fleet: Fleet, scenario: Scenari
     per_replica = _measure(fleet, fleet.local[:REPLICAS], scenario, prompts)
     _report(fleet, scenario.name, {"fleet_wide": fleet_wide, "local_counters": per_replica})
     assert fleet_wide <= MAX_IMBALANCE, f"fleet-wide imbalance {fleet_wide:.2%}"
+    # Parity: under steady load each embedded-store replica balances its own share too.
+    assert per_replica <= MAX_IMBALANCE, f"embedded-store imbalance {per_replica:.2%}"
 
 
 def _quiet_traffic(fleet: Fleet, ports: list[int]) -> dict[str, int]:

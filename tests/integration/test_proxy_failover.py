@@ -63,6 +63,8 @@ def proxy(
         route("http500", pair, {"failover_criteria": ["error", "timeout", "http_500"]}),
         route("pass500", pair),
         route("timeout", pair, {"read_timeout": READ_TIMEOUT_MS}),
+        route("invalid", pair, {"failover_criteria": ["error", "timeout", "invalid_header"]}),
+        route("pass-invalid", pair),
     ]
     config = write_config(tmp_path_factory.mktemp("failover") / "kong.yaml", mock, routes)
     with running_proxy(process_logs, config, store_url) as running:
@@ -142,3 +144,34 @@ def test_read_timeout_fails_over_then_504(proxy: Proxy, mock: Mock) -> None:
     error = openai_error(failed.value.response, 504, "upstream_error")
     assert error["code"] == "upstream_timeout"
     assert proxy.counters("timeout")["gpt-4"]["errors"] == 3
+
+
+def test_invalid_200_fails_over_with_invalid_header(proxy: Proxy, mock: Mock) -> None:
+    """An HTML page with status 200 is a failed attempt when invalid_header is listed."""
+    mock.control(garbage_models=["gpt-4"])
+    before = proxy.counters("invalid")
+    assert ask(proxy, "invalid", 2) == ["gpt-4o-mini"] * 2
+    with proxy.client("invalid") as client:
+        stream = client.chat.completions.create(
+            model="any", messages=messages("streamed"), stream=True
+        )
+        assert {chunk.model for chunk in stream} == {"gpt-4o-mini"}
+    delta = proxy.settled("invalid", before, 3)
+    assert delta["gpt-4"]["errors"] == delta["gpt-4"]["requests"] == 3
+    assert delta["gpt-4"]["usage"] == pytest.approx(0, abs=1e-6)
+
+    with pytest.raises(openai.InternalServerError) as failed:
+        ask(proxy, "invalid", 1, model="gpt-4")
+    error = openai_error(failed.value.response, 502, "upstream_error")
+    assert "invalid response" in error["message"]
+
+
+def test_invalid_200_passes_through_without_invalid_header(proxy: Proxy, mock: Mock) -> None:
+    mock.control(garbage_models=["gpt-4"])
+    with proxy.client("pass-invalid") as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4", messages=messages("html please")
+        )
+    assert raw.http_response.status_code == 200
+    assert raw.http_response.text.startswith("<html>")
+    assert proxy.counters("pass-invalid")["gpt-4"]["errors"] == 0

@@ -91,6 +91,8 @@ class Control(msgspec.Struct, kw_only=True):
     token_delay_ms: float | None = None
     #: Requests for these models get no answer until the client gives up.
     hang_models: list[str] = msgspec.field(default_factory=list)
+    #: Requests for these models get a 200 that is not a completion (an HTML page).
+    garbage_models: list[str] = msgspec.field(default_factory=list)
     #: Answer every chat request with 503, as an upstream being drained would.
     refuse: bool = False
     #: ``Retry-After`` seconds sent with forced 429 and 503 failures.
@@ -108,6 +110,7 @@ class ControlUpdate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     latency_ms: NonNegative | msgspec.UnsetType | None = msgspec.UNSET
     token_delay_ms: NonNegative | msgspec.UnsetType | None = msgspec.UNSET
     hang_models: list[str] | msgspec.UnsetType = msgspec.UNSET
+    garbage_models: list[str] | msgspec.UnsetType = msgspec.UNSET
     refuse: bool | msgspec.UnsetType = msgspec.UNSET
     retry_after: Annotated[int, msgspec.Meta(ge=0)] | msgspec.UnsetType | None = msgspec.UNSET
 

@@ -55,6 +55,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: A hung request is answered after this long if the client has not given up before.
 HANG_SECONDS = 600.0
+#: What a misconfigured upstream (a login page, a proxy's error page) answers with.
+GARBAGE_PAGE = b"<html><body>Service temporarily moved</body></html>"
 #: The content is "tok tok tok ...": one cl100k token per word, so a proxy that counts
 #: streamed content itself arrives at the same completion_tokens as the usage we report.
 WORD = " tok"
@@ -178,6 +180,9 @@ class MockUpstream:
                 if await watch.sleep(HANG_SECONDS):
                     return
                 raise UpstreamError(504, "Mock upstream hang elapsed", type_="server_error")
+            if request.model in state.control.garbage_models:
+                await _send_bytes(send, 200, b"text/html", GARBAGE_PAGE)
+                return
             status = state.control.fail_models.get(request.model)
             if status is not None:
                 raise _forced_failure(status, state.control.retry_after)
@@ -392,7 +397,21 @@ async def _read_body(receive: Receive) -> bytes:
 async def _send_json(
     send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    headers = [_JSON, (b"content-length", str(len(body)).encode()), *(extra or ())]
+    await _send_bytes(send, status, b"application/json", body, extra)
+
+
+async def _send_bytes(
+    send: Send,
+    status: int,
+    content_type: bytes,
+    body: bytes,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        *(extra or ()),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

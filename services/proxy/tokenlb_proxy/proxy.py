@@ -46,7 +46,7 @@ from tokenlb_proxy.usage import (
     counted,
     estimate_completion_tokens,
     estimate_prompt_tokens,
-    usage_from_body,
+    read_completion,
 )
 
 __all__ = ["ProxyService"]
@@ -188,20 +188,12 @@ class ProxyService:
             raise _transport_failover(plan, target, exc) from exc
         headers = self._response_headers(plan, target, parsed, response)
         if response.status_code != 200:
-            await self._settle_failure(plan, attempt)
-            passthrough = Response(
-                response.content,
-                status_code=response.status_code,
-                headers=headers,
-                media_type=response.headers.get("content-type", "application/json"),
-            )
-            criterion = f"http_{response.status_code}"
-            if criterion in plan.failover_criteria:
-                raise _Failover(
-                    UpstreamFailed(f"upstream answered {response.status_code}"), passthrough
-                )
-            return passthrough
-        usage, response_model = usage_from_body(response.content)
+            return await self._upstream_error(plan, attempt, response, response.content, headers)
+        completion = read_completion(response.content)
+        if completion is None:
+            await self._invalid_response(plan, attempt)
+        usage = completion.usage if completion is not None else None
+        response_model = completion.model if completion is not None else None
         if usage is None:
             usage = TokenUsage(prompt_tokens=prompt_estimate)
         self._settle_success(plan, attempt, usage)
@@ -256,18 +248,13 @@ class ProxyService:
                 raise _transport_failover(plan, target, exc) from exc
             finally:
                 await response.aclose()
-            await self._settle_failure(plan, attempt)
-            passthrough = Response(
-                body,
-                status_code=response.status_code,
-                headers=headers,
-                media_type=response.headers.get("content-type", "application/json"),
-            )
-            if f"http_{response.status_code}" in plan.failover_criteria:
-                raise _Failover(
-                    UpstreamFailed(f"upstream answered {response.status_code}"), passthrough
-                )
-            return passthrough
+            return await self._upstream_error(plan, attempt, response, body, headers)
+        content_type = response.headers.get("content-type", "")
+        if not content_type.startswith("text/event-stream") and (
+            "invalid_header" in plan.failover_criteria
+        ):
+            await response.aclose()
+            await self._invalid_response(plan, attempt)
         state = StreamState()
 
         def finish() -> None:
@@ -315,6 +302,41 @@ class ProxyService:
                 state.first_byte_at,
                 None,
             )
+
+    async def _upstream_error(
+        self,
+        plan: BalancerPlan,
+        attempt: _Attempt,
+        response: httpx.Response,
+        body: bytes,
+        headers: dict[str, str],
+    ) -> Response[bytes]:
+        """A non-200 answer: fail over when ``failover_criteria`` lists its status, else
+        pass it to the client unchanged (as Kong does). Either way the attempt failed."""
+        await self._settle_failure(plan, attempt)
+        passthrough = Response(
+            body,
+            status_code=response.status_code,
+            headers=headers,
+            media_type=response.headers.get("content-type", "application/json"),
+        )
+        if f"http_{response.status_code}" in plan.failover_criteria:
+            error = UpstreamFailed(f"upstream answered {response.status_code}")
+            raise _Failover(error, passthrough)
+        return passthrough
+
+    async def _invalid_response(self, plan: BalancerPlan, attempt: _Attempt) -> None:
+        """A 200 that is not a completion (or not an event stream when one was asked for):
+        ``invalid_header`` in ``failover_criteria`` makes it a failed attempt."""
+        if "invalid_header" not in plan.failover_criteria:
+            return
+        await self._settle_failure(plan, attempt)
+        raise _Failover(
+            UpstreamFailed(
+                "An invalid response was received from the upstream server "
+                f"({attempt.target.label})"
+            )
+        )
 
     def _response_headers(
         self,

@@ -16,10 +16,12 @@ from tokenlb_proxy.tokens import get_counter
 
 __all__ = [
     "DEFAULT_COMPLETION_ESTIMATE",
+    "CompletionView",
     "TokenUsage",
     "counted",
     "estimate_completion_tokens",
     "estimate_prompt_tokens",
+    "read_completion",
     "usage_from_body",
 ]
 
@@ -36,21 +38,30 @@ class TokenUsage(msgspec.Struct, frozen=True):
     total_tokens: int | None = None
 
 
-class _UsageView(msgspec.Struct):
+class CompletionView(msgspec.Struct):
+    """What tokenlb reads of a completion: its usage and the model that answered."""
+
     usage: TokenUsage | None = None
     model: str | None = None
 
 
-_usage_decoder = msgspec.json.Decoder(_UsageView)
+_usage_decoder = msgspec.json.Decoder(CompletionView)
 
 
 def usage_from_body(body: bytes) -> tuple[TokenUsage | None, str | None]:
     """The ``usage`` and ``model`` of a completion or chunk; (None, None) when unreadable."""
-    try:
-        view = _usage_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    view = read_completion(body)
+    if view is None:
         return None, None
     return view.usage, view.model
+
+
+def read_completion(body: bytes) -> CompletionView | None:
+    """The usage-bearing view of a completion body; None when it is not one at all."""
+    try:
+        return _usage_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
