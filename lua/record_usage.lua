@@ -12,6 +12,7 @@
 -- KEYS[1]  usage sorted set (see select_lowest_usage.lua)
 -- KEYS[2]  meta hash with epoch_ms
 -- KEYS[3]  totals hash: "<target_id>:<field>" -> cumulative counters
+-- KEYS[4]  usage event stream (read by the aggregators)
 -- ARGV[1]  target_id
 -- ARGV[2]  half_life_ms       decay half-life in milliseconds (> 0)
 -- ARGV[3]  reserved           counted units reserved at selection (0 for none)
@@ -22,6 +23,10 @@
 -- ARGV[8]  cost               currency units, decimal string
 -- ARGV[9]  failed             "1" when the request failed upstream, else "0"
 -- ARGV[10] roll_after         rescale when (now - epoch) / half_life exceeds this (half-lives)
+-- ARGV[11] event              JSON usage event to append; "" appends nothing
+-- ARGV[12] stream_max_len     approximate cap on the stream's length (entries), a safety
+--                             net for when no aggregator runs; aggregators trim what
+--                             they have acknowledged long before it is reached
 --
 -- Returns the target's decayed usage after settling, as a string.
 
@@ -35,11 +40,15 @@ local completion_tokens = tonumber(ARGV[7])
 local cost = ARGV[8]
 local failed = ARGV[9] == "1"
 local roll_after = tonumber(ARGV[10])
+local event = ARGV[11]
+local stream_max_len = ARGV[12]
 
 local time = redis.call("TIME")
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 local epoch_ms = tonumber(redis.call("HGET", KEYS[2], "epoch_ms"))
+-- The half-life travels with the state so `tokenlb stats` can decay without the config.
+redis.call("HSET", KEYS[2], "half_life_ms", half_life_ms)
 if epoch_ms == nil then
   -- The balancer state was deleted (flush, plugin removed) after the selection: there is
   -- no reservation left to release, only the actual usage to add.
@@ -75,4 +84,7 @@ end
 redis.call("HINCRBY", KEYS[3], target_id .. ":prompt_tokens", prompt_tokens)
 redis.call("HINCRBY", KEYS[3], target_id .. ":completion_tokens", completion_tokens)
 redis.call("HINCRBYFLOAT", KEYS[3], target_id .. ":cost", cost)
+if event ~= "" then
+  redis.call("XADD", KEYS[4], "MAXLEN", "~", stream_max_len, "*", "e", event)
+end
 return tostring(score * 2 ^ (-(now_ms - epoch_ms) / half_life_ms))

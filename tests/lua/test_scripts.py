@@ -102,11 +102,13 @@ class Scripts:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cost: str = "0.0",
+        event: str = "",
     ) -> str:
         """record_usage.lua called raw, with every ARGV as Redis receives it."""
         args: list[str | int] = [target_id, NO_DECAY_MS, reserved, reserved_at_ms, actual]
-        args += [prompt_tokens, completion_tokens, cost, failed, "20"]
-        reply = await self.raw("record_usage", [KEYS.usage, KEYS.meta, KEYS.totals], args)
+        args += [prompt_tokens, completion_tokens, cost, failed, "20", event, "1000"]
+        keys = [KEYS.usage, KEYS.meta, KEYS.totals, KEYS.events]
+        reply = await self.raw("record_usage", keys, args)
         return str(reply)
 
     async def usage(self) -> dict[str, float]:

@@ -16,8 +16,10 @@ from litestar.response import Stream
 
 from tokenlb_proxy import __version__
 from tokenlb_proxy.errors import ProxyError, error_body
+from tokenlb_proxy.fleet import aggregator_health
 from tokenlb_proxy.runtime import Runtime
 from tokenlb_proxy.settings import redact_url
+from tokenlb_proxy.stats import balancer_stats, window_minutes
 from tokenlb_proxy.store import ResilientStore
 from tokenlb_proxy.tokens import get_counter
 
@@ -110,6 +112,11 @@ def create_admin_app(runtime: Runtime) -> Litestar:
                 }
             )
         degraded = isinstance(store, ResilientStore) and (store.degraded or not reachable)
+        aggregators: dict[str, Any] | None = None
+        if runtime.redis is not None and reachable:
+            aggregators = await aggregator_health(
+                runtime.redis, [plan.keys for plan in runtime.gateway.balancers]
+            )
         return {
             "version": __version__,
             "configuration_hash": runtime.gateway.version,
@@ -121,11 +128,30 @@ def create_admin_app(runtime: Runtime) -> Litestar:
             "database": {"reachable": reachable},
             "degraded": degraded,
             "tokenizer": get_counter().source,
+            "aggregators": aggregators,
             "balancers": balancers,
         }
 
+    @get("/stats")
+    async def stats(minutes: int = 15) -> dict[str, Any]:
+        """Per-target counters over the last ``minutes`` (rollups) and usage right now."""
+        window = window_minutes(max(1, min(minutes, 7 * 24 * 60)))
+        return {
+            "balancers": [
+                await balancer_stats(
+                    runtime.store,
+                    plan.balancer_id,
+                    plan.keys,
+                    plan.half_life_ms,
+                    {t.target_id: {"model": t.label, "weight": t.weight} for t in plan.targets},
+                    window,
+                )
+                for plan in runtime.gateway.balancers
+            ]
+        }
+
     return Litestar(
-        route_handlers=[status],
+        route_handlers=[status, stats],
         exception_handlers=_EXCEPTION_HANDLERS,
         openapi_config=None,
         logging_config=None,

@@ -54,6 +54,12 @@ class ParsedRequest(msgspec.Struct):
 
     raw: dict[str, Any]
     view: ChatRequest
+    #: The body as the client sent it.
+    body: bytes = b""
+
+    def raw_text(self) -> str:
+        """The client's body as text (for ``log_payloads``)."""
+        return self.body.decode("utf-8", "replace")
 
 
 _encoder = msgspec.json.Encoder()
@@ -92,7 +98,7 @@ def parse_chat_request(body: bytes) -> ParsedRequest:
         value = getattr(view, field)
         if value is not None and value < 1:
             raise InvalidRequest(f"'{field}' must be at least 1", param=field)
-    return ParsedRequest(raw=raw, view=view)
+    return ParsedRequest(raw=raw, view=view, body=body)
 
 
 def upstream_body(

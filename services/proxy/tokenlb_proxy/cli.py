@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,7 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         port=args.port,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
+        usage_events=args.usage_events,
     )
     _configure_logging(settings.log_level)
     if not settings.config_path:
@@ -60,6 +62,37 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             print(f"  {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_aggregator(args: argparse.Namespace) -> int:
+    from tokenlb_aggregator.main import run_aggregator  # noqa: PLC0415
+    from tokenlb_aggregator.settings import aggregator_settings  # noqa: PLC0415
+
+    settings = aggregator_settings(
+        redis_url=args.redis_url,
+        name=args.name,
+        log_sink=args.log_sink,
+        claim_idle_ms=args.claim_idle_ms,
+        rollup_retention_s=args.rollup_retention,
+    )
+    _configure_logging(args.log_level)
+    if not settings.redis_url:
+        print("tokenlb aggregator: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
+        return 2
+    run_aggregator(settings)
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from tokenlb_proxy.stats_cli import print_stats  # noqa: PLC0415
+
+    redis_url = args.redis_url or os.environ.get("TOKENLB_REDIS_URL")
+    if not redis_url:
+        print("tokenlb stats: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
+        return 2
+    return asyncio.run(print_stats(redis_url, args.minutes, as_json=args.json))
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -117,7 +150,40 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--admin-host", default=None, help="admin bind address (127.0.0.1)")
     proxy.add_argument("--admin-port", type=int, default=None, help="admin port (8001)")
     proxy.add_argument("--redis-url", default=None, help="shared Redis; none: embedded store")
+    proxy.add_argument(
+        "--no-usage-events",
+        dest="usage_events",
+        action="store_false",
+        default=None,
+        help="do not append usage events to Redis (no aggregator rollups or traces)",
+    )
     proxy.set_defaults(func=_cmd_proxy)
+
+    aggregator = commands.add_parser(
+        "aggregator", help="turn usage events into rollups, Kong log lines and traces"
+    )
+    aggregator.add_argument("--redis-url", default=None, help="the proxies' Redis")
+    aggregator.add_argument("--name", default=None, help="consumer name (default host-pid)")
+    aggregator.add_argument(
+        "--log-sink", default=None, help="Kong log lines: stdout (default), stderr, none, FILE"
+    )
+    aggregator.add_argument(
+        "--claim-idle-ms",
+        type=int,
+        default=None,
+        help="take over events another aggregator left pending this long (15000)",
+    )
+    aggregator.add_argument(
+        "--rollup-retention", type=int, default=None, help="seconds rollups are kept (604800)"
+    )
+    aggregator.add_argument("--log-level", default="INFO")
+    aggregator.set_defaults(func=_cmd_aggregator)
+
+    stats = commands.add_parser("stats", help="per-target usage, tokens, cost and latency")
+    stats.add_argument("--redis-url", default=None)
+    stats.add_argument("--minutes", type=int, default=15, help="window, in minutes (15)")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    stats.set_defaults(func=_cmd_stats)
 
     check = commands.add_parser("check", help="validate a config file and print its errors")
     check.add_argument("file")

@@ -11,9 +11,24 @@ import re
 
 import msgspec
 
-__all__ = ["KEY_PREFIX", "BalancerKeys", "balancer_keys"]
+__all__ = [
+    "AGGREGATORS_KEY",
+    "AGGREGATOR_GROUP",
+    "BALANCERS_KEY",
+    "KEY_PREFIX",
+    "BalancerKeys",
+    "aggregator_heartbeat_key",
+    "balancer_keys",
+]
 
 KEY_PREFIX = "tokenlb"
+#: Set of every balancer id a replica has served (so workers find the per-balancer keys
+#: without SCAN). Fleet-wide, outside any balancer's slot.
+BALANCERS_KEY = f"{KEY_PREFIX}:balancers"
+#: Sorted set of aggregator names scored by their last heartbeat (ms).
+AGGREGATORS_KEY = f"{KEY_PREFIX}:aggregators"
+#: The consumer group every aggregator reads the event streams with.
+AGGREGATOR_GROUP = "tokenlb-aggregators"
 # Braces would break the hash tag; anything outside this set is replaced.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.:@/-]")
 
@@ -29,6 +44,16 @@ class BalancerKeys(msgspec.Struct, frozen=True):
     round_robin: str
     #: Hash, "<target id>:<field>" -> cumulative request/token/cost counters.
     totals: str
+    #: Stream of usage events (one per upstream attempt), read by the aggregators.
+    events: str
+    #: Hash, target id -> JSON description (model, provider, weight) for `tokenlb stats`.
+    targets: str
+    #: Prefix of the per-minute rollup hashes: ``<rollup_prefix><unix minute>``.
+    rollup_prefix: str
+
+    def rollup(self, minute: int) -> str:
+        """The rollup hash of the minute starting at ``minute * 60`` (Unix seconds)."""
+        return f"{self.rollup_prefix}{minute}"
 
 
 def balancer_keys(balancer_id: str) -> BalancerKeys:
@@ -40,4 +65,12 @@ def balancer_keys(balancer_id: str) -> BalancerKeys:
         meta=f"{base}:meta",
         round_robin=f"{base}:rr",
         totals=f"{base}:totals",
+        events=f"{base}:events",
+        targets=f"{base}:targets",
+        rollup_prefix=f"{base}:rollup:",
     )
+
+
+def aggregator_heartbeat_key(name: str) -> str:
+    """The key an aggregator refreshes with a TTL while it is alive."""
+    return f"{KEY_PREFIX}:aggregator:{name}"

@@ -1,8 +1,9 @@
 """The request path of one replica: match, validate, choose, forward, settle.
 
 One store call chooses and reserves (one Redis round trip), one settles after the
-response (one more); nothing else touches Redis. Failover retries on an untried target
-per ``failover_criteria`` and ``retries``, releasing each failed reservation.
+response and appends the attempt's usage event (one more); nothing else touches Redis.
+Failover retries on an untried target per ``failover_criteria`` and ``retries``,
+releasing each failed reservation before choosing again.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from tokenlb_proxy.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from tokenlb_proxy.events import UsageEvent
 from tokenlb_proxy.plan import BalancerPlan, Gateway, UpstreamTarget
 from tokenlb_proxy.routing import match_route
-from tokenlb_proxy.stats_log import log_statistics
+from tokenlb_proxy.stats_log import write_kong_log
 from tokenlb_proxy.store.base import Candidate, Selection, Settlement, UsageStore
+from tokenlb_proxy.tracecontext import TraceContext, new_span_id, parse_traceparent
 from tokenlb_proxy.upstream import (
     StreamState,
     relay_stream,
@@ -58,13 +61,39 @@ STREAMING_DENIED = "response streaming is not enabled for this LLM"
 
 
 @dataclass(slots=True)
+class _Exchange:
+    """One client request on its way through the gateway."""
+
+    request: Request[Any, Any, Any]
+    plan: BalancerPlan
+    parsed: ParsedRequest
+    stream: bool
+    client_wants_usage: bool
+    prompt_estimate: int
+    trace: TraceContext
+    #: The gateway's span for the whole request; each attempt is a child of it.
+    span_id: str
+    started_wall_ms: float
+    started_perf: float
+
+    def wall_ms(self, perf: float) -> float:
+        """Wall-clock milliseconds of a ``time.perf_counter()`` reading."""
+        return self.started_wall_ms + (perf - self.started_perf) * 1000
+
+
+@dataclass(slots=True)
 class _Attempt:
     """One try on one target."""
 
     target: UpstreamTarget
     selection: Selection
     reserved: float
-    started_at: float
+    #: Retries before this attempt.
+    number: int
+    #: True when no other attempt can follow (retries used up, or no untried target).
+    last_possible: bool
+    span_id: str
+    started_perf: float
 
 
 class _Failover(Exception):
@@ -79,19 +108,27 @@ class _Failover(Exception):
 class ProxyService:
     """Serves chat requests for one compiled gateway config."""
 
-    def __init__(self, gateway: Gateway, store: UsageStore, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        store: UsageStore,
+        http: httpx.AsyncClient,
+        *,
+        write_logs: bool = True,
+    ) -> None:
         self.gateway = gateway
         self.store = store
         self.http = http
+        #: Write Kong's log line here (embedded store); with Redis the aggregator does.
+        self.write_logs = write_logs
         self._background: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
+        started_wall_ms = time.time() * 1000
+        started_perf = time.perf_counter()
+        headers = request.headers
         rule = match_route(
-            self.gateway,
-            request.method,
-            request.url.path,
-            request.headers.get("host", ""),
-            request.headers,
+            self.gateway, request.method, request.url.path, headers.get("host", ""), headers
         )
         if rule is None:
             raise RouteNotFound(NO_ROUTE)
@@ -106,23 +143,38 @@ class ProxyService:
             raise StreamingDenied(STREAMING_DENIED, param="stream")
         if plan.response_streaming == "always":
             stream = True
-        client_wants_usage = bool(
-            stream and view.stream_options is not None and view.stream_options.include_usage
+        exchange = _Exchange(
+            request=request,
+            plan=plan,
+            parsed=parsed,
+            stream=stream,
+            client_wants_usage=bool(
+                stream and view.stream_options is not None and view.stream_options.include_usage
+            ),
+            prompt_estimate=estimate_prompt_tokens(view),
+            trace=parse_traceparent(headers.get("traceparent")),
+            span_id=new_span_id(),
+            started_wall_ms=started_wall_ms,
+            started_perf=started_perf,
         )
+        return await self._balance(exchange)
+
+    async def _balance(self, exchange: _Exchange) -> Response[bytes] | Stream:
+        """Choose, forward, and fail over until an attempt answers or none is left."""
+        plan, view = exchange.plan, exchange.parsed.view
         allowed = plan.by_model.get(view.model or "") or tuple(t.index for t in plan.targets)
-        prompt_estimate = estimate_prompt_tokens(view)
         estimates = [
             counted(
                 plan.tokens_count_strategy,
                 target,
-                prompt_estimate,
+                exchange.prompt_estimate,
                 estimate_completion_tokens(view, target),
             )
             for target in plan.targets
         ]
         tried: set[int] = set()
         last_failure: _Failover | None = None
-        for _ in range(plan.retries + 1):
+        for number in range(plan.retries + 1):
             candidates = [
                 Candidate(
                     target_id=t.target_id,
@@ -143,21 +195,22 @@ class ProxyService:
                 target=target,
                 selection=selection,
                 reserved=estimates[target.index] if plan.algorithm == "lowest-usage" else 0.0,
-                started_at=time.perf_counter(),
+                number=number,
+                last_possible=number == plan.retries or len(tried) >= len(allowed),
+                span_id=new_span_id(),
+                started_perf=time.perf_counter(),
             )
             try:
-                if stream:
-                    return await self._forward_stream(
-                        request, plan, parsed, attempt, prompt_estimate, client_wants_usage
-                    )
-                return await self._forward(request, plan, parsed, attempt, prompt_estimate)
+                if exchange.stream:
+                    return await self._forward_stream(exchange, attempt)
+                return await self._forward(exchange, attempt)
             except _Failover as failure:
                 last_failure = failure
                 log.info(
                     "target %s failed (%s); %s",
                     target.label,
                     failure.error.message,
-                    "retrying on another target" if len(tried) < len(allowed) else "no target left",
+                    "no target left" if attempt.last_possible else "retrying on another target",
                 )
         if last_failure is not None:
             if last_failure.response is not None:
@@ -165,49 +218,35 @@ class ProxyService:
             raise last_failure.error
         raise NoTargetAvailable("no target is available for this request")
 
-    async def _forward(
-        self,
-        request: Request[Any, Any, Any],
-        plan: BalancerPlan,
-        parsed: ParsedRequest,
-        attempt: _Attempt,
-        prompt_estimate: int,
-    ) -> Response[bytes]:
-        target = attempt.target
-        content = upstream_body(parsed, target, stream=False, want_usage=False)
+    async def _forward(self, exchange: _Exchange, attempt: _Attempt) -> Response[bytes]:
+        target, plan = attempt.target, exchange.plan
         try:
             response = await self.http.post(
                 target.url,
-                content=content,
-                headers=upstream_headers(target, request.headers),
-                params=upstream_params(target, request.query_params),
+                content=upstream_body(exchange.parsed, target, stream=False, want_usage=False),
+                headers=self._upstream_headers(exchange, attempt),
+                params=upstream_params(target, exchange.request.query_params),
                 timeout=plan.timeout,
             )
         except httpx.HTTPError as exc:
-            await self._settle_failure(plan, attempt)
-            raise _transport_failover(plan, target, exc) from exc
-        headers = self._response_headers(plan, target, parsed, response)
+            raise await self._transport_failure(exchange, attempt, exc) from exc
+        headers = self._response_headers(exchange, target, response)
         if response.status_code != 200:
-            return await self._upstream_error(plan, attempt, response, response.content, headers)
+            return await self._upstream_error(
+                exchange, attempt, response, response.content, headers
+            )
         completion = read_completion(response.content)
         if completion is None:
-            await self._invalid_response(plan, attempt)
+            await self._invalid_response(exchange, attempt, response.status_code)
         usage = completion.usage if completion is not None else None
-        response_model = completion.model if completion is not None else None
-        if usage is None:
-            usage = TokenUsage(prompt_tokens=prompt_estimate)
-        self._settle_success(plan, attempt, usage)
-        if target.log_statistics:
-            log_statistics(
-                plan,
-                target,
-                parsed,
-                usage,
-                response_model,
-                attempt.started_at,
-                None,
-                response.content if target.log_payloads else None,
-            )
+        self._settle_success(
+            exchange,
+            attempt,
+            usage or TokenUsage(prompt_tokens=exchange.prompt_estimate),
+            response_model=completion.model if completion is not None else None,
+            first_byte_perf=None,
+            response_payload=response.content if target.log_payloads else None,
+        )
         return Response(
             response.content,
             status_code=200,
@@ -216,55 +255,61 @@ class ProxyService:
         )
 
     async def _forward_stream(
-        self,
-        request: Request[Any, Any, Any],
-        plan: BalancerPlan,
-        parsed: ParsedRequest,
-        attempt: _Attempt,
-        prompt_estimate: int,
-        client_wants_usage: bool,
+        self, exchange: _Exchange, attempt: _Attempt
     ) -> Response[bytes] | Stream:
-        target = attempt.target
-        content = upstream_body(parsed, target, stream=True, want_usage=True)
+        target, plan = attempt.target, exchange.plan
         upstream_request = self.http.build_request(
             "POST",
             target.url,
-            content=content,
-            headers=upstream_headers(target, request.headers),
-            params=upstream_params(target, request.query_params),
+            content=upstream_body(exchange.parsed, target, stream=True, want_usage=True),
+            headers=self._upstream_headers(exchange, attempt),
+            params=upstream_params(target, exchange.request.query_params),
             timeout=plan.timeout,
         )
         try:
             response = await self.http.send(upstream_request, stream=True)
         except httpx.HTTPError as exc:
-            await self._settle_failure(plan, attempt)
-            raise _transport_failover(plan, target, exc) from exc
-        headers = self._response_headers(plan, target, parsed, response)
+            raise await self._transport_failure(exchange, attempt, exc) from exc
+        headers = self._response_headers(exchange, target, response)
         if response.status_code != 200:
             try:
                 body = await response.aread()
             except httpx.HTTPError as exc:
-                await self._settle_failure(plan, attempt)
-                raise _transport_failover(plan, target, exc) from exc
+                raise await self._transport_failure(exchange, attempt, exc) from exc
             finally:
                 await response.aclose()
-            return await self._upstream_error(plan, attempt, response, body, headers)
+            return await self._upstream_error(exchange, attempt, response, body, headers)
         content_type = response.headers.get("content-type", "")
         if not content_type.startswith("text/event-stream") and (
             "invalid_header" in plan.failover_criteria
         ):
             await response.aclose()
-            await self._invalid_response(plan, attempt)
+            await self._invalid_response(exchange, attempt, response.status_code)
         state = StreamState()
 
         def finish() -> None:
-            self._finish_stream(plan, parsed, attempt, state, prompt_estimate)
+            usage = state.usage
+            if usage is None:
+                # The upstream never sent a usage chunk (or the stream broke): count what
+                # arrived with tiktoken, the last resort.
+                usage = TokenUsage(
+                    prompt_tokens=exchange.prompt_estimate,
+                    completion_tokens=completion_text_tokens(streamed_text(state.content_events)),
+                )
+            self._settle_success(
+                exchange,
+                attempt,
+                usage,
+                response_model=state.model,
+                first_byte_perf=state.first_byte_at,
+                response_payload=None,
+            )
 
         return Stream(
             relay_stream(
                 response,
                 state,
-                show_usage=client_wants_usage,
+                show_usage=exchange.client_wants_usage,
                 clock=time.perf_counter,
                 on_finish=finish,
             ),
@@ -273,39 +318,44 @@ class ProxyService:
             media_type="text/event-stream",
         )
 
-    def _finish_stream(
-        self,
-        plan: BalancerPlan,
-        parsed: ParsedRequest,
-        attempt: _Attempt,
-        state: StreamState,
-        prompt_estimate: int,
-    ) -> None:
-        usage = state.usage
-        if usage is None:
-            # The upstream never sent a usage chunk (or the stream broke): count what
-            # arrived with tiktoken, the last resort.
-            usage = TokenUsage(
-                prompt_tokens=prompt_estimate,
-                completion_tokens=completion_text_tokens(streamed_text(state.content_events)),
-            )
-        self._settle_success(plan, attempt, usage)
+    def _upstream_headers(self, exchange: _Exchange, attempt: _Attempt) -> dict[str, str]:
+        headers = upstream_headers(attempt.target, exchange.request.headers)
+        # The upstream continues the trace under this attempt's span.
+        headers["traceparent"] = exchange.trace.traceparent(attempt.span_id)
+        return headers
+
+    def _response_headers(
+        self, exchange: _Exchange, target: UpstreamTarget, response: httpx.Response
+    ) -> dict[str, str]:
+        headers = returned_headers(response)
+        if exchange.plan.model_name_header:
+            model = target.model_name or exchange.parsed.view.model or "unknown"
+            headers["x-kong-llm-model"] = f"{target.provider}/{model}"
+        headers["traceparent"] = exchange.trace.traceparent(exchange.span_id)
+        return headers
+
+    async def _transport_failure(
+        self, exchange: _Exchange, attempt: _Attempt, exc: httpx.HTTPError
+    ) -> Exception:
+        """Settle a connection error or timeout; fail over when the criteria allow it."""
         target = attempt.target
-        if target.log_statistics:
-            log_statistics(
-                plan,
-                target,
-                parsed,
-                usage,
-                state.model,
-                attempt.started_at,
-                state.first_byte_at,
-                None,
+        error: ProxyError
+        if isinstance(exc, httpx.TimeoutException):
+            error = UpstreamTimeout(f"The upstream server is timing out ({target.label})")
+            criterion = "timeout"
+        else:
+            error = UpstreamFailed(
+                f"An invalid response was received from the upstream server ({target.label}: "
+                f"{type(exc).__name__})"
             )
+            criterion = "error"
+        failover = criterion in exchange.plan.failover_criteria
+        await self._settle_failure(exchange, attempt, criterion, 0, final=not failover)
+        return _Failover(error) if failover else error
 
     async def _upstream_error(
         self,
-        plan: BalancerPlan,
+        exchange: _Exchange,
         attempt: _Attempt,
         response: httpx.Response,
         body: bytes,
@@ -313,24 +363,28 @@ class ProxyService:
     ) -> Response[bytes]:
         """A non-200 answer: fail over when ``failover_criteria`` lists its status, else
         pass it to the client unchanged (as Kong does). Either way the attempt failed."""
-        await self._settle_failure(plan, attempt)
+        criterion = f"http_{response.status_code}"
+        failover = criterion in exchange.plan.failover_criteria
+        await self._settle_failure(
+            exchange, attempt, criterion, response.status_code, final=not failover
+        )
         passthrough = Response(
             body,
             status_code=response.status_code,
             headers=headers,
             media_type=response.headers.get("content-type", "application/json"),
         )
-        if f"http_{response.status_code}" in plan.failover_criteria:
+        if failover:
             error = UpstreamFailed(f"upstream answered {response.status_code}")
             raise _Failover(error, passthrough)
         return passthrough
 
-    async def _invalid_response(self, plan: BalancerPlan, attempt: _Attempt) -> None:
+    async def _invalid_response(self, exchange: _Exchange, attempt: _Attempt, status: int) -> None:
         """A 200 that is not a completion (or not an event stream when one was asked for):
         ``invalid_header`` in ``failover_criteria`` makes it a failed attempt."""
-        if "invalid_header" not in plan.failover_criteria:
+        if "invalid_header" not in exchange.plan.failover_criteria:
             return
-        await self._settle_failure(plan, attempt)
+        await self._settle_failure(exchange, attempt, "invalid", status, final=False)
         raise _Failover(
             UpstreamFailed(
                 "An invalid response was received from the upstream server "
@@ -338,22 +392,90 @@ class ProxyService:
             )
         )
 
-    def _response_headers(
+    def _event(
         self,
-        plan: BalancerPlan,
-        target: UpstreamTarget,
-        parsed: ParsedRequest,
-        response: httpx.Response,
-    ) -> dict[str, str]:
-        headers = returned_headers(response)
-        if plan.model_name_header:
-            model = target.model_name or parsed.view.model or "unknown"
-            headers["x-kong-llm-model"] = f"{target.provider}/{model}"
-        return headers
+        exchange: _Exchange,
+        attempt: _Attempt,
+        *,
+        final: bool,
+        status: int,
+        error: str,
+        usage: TokenUsage,
+        cost: float,
+        response_model: str | None,
+        first_byte_perf: float | None,
+        response_payload: bytes | None,
+    ) -> UsageEvent:
+        """The attempt's usage event, with real timestamps and the trace ids."""
+        now = time.perf_counter()
+        target, plan = attempt.target, exchange.plan
+        log_payloads = target.log_payloads
+        return UsageEvent(
+            balancer=plan.balancer_id,
+            target=target.target_id,
+            target_label=target.label,
+            provider=target.provider,
+            request_model=exchange.parsed.view.model,
+            response_model=response_model or target.model_name,
+            algorithm=plan.algorithm,
+            strategy=plan.tokens_count_strategy,
+            score=attempt.selection.score,
+            attempt=attempt.number,
+            final=final,
+            status=status,
+            error=error,
+            stream=exchange.stream,
+            start_ms=exchange.wall_ms(attempt.started_perf),
+            end_ms=exchange.wall_ms(now),
+            upstream_ms=(now - attempt.started_perf) * 1000,
+            ttft_ms=(
+                (first_byte_perf - attempt.started_perf) * 1000
+                if first_byte_perf is not None
+                else None
+            ),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost=cost,
+            trace_id=exchange.trace.trace_id,
+            span_id=attempt.span_id,
+            request_span_id=exchange.span_id,
+            client_span_id=exchange.trace.parent_span_id,
+            request_start_ms=exchange.started_wall_ms,
+            log_statistics=target.log_statistics,
+            request_payload=exchange.parsed.raw_text() if log_payloads else None,
+            response_payload=(
+                response_payload.decode("utf-8", "replace")
+                if log_payloads and response_payload is not None
+                else None
+            ),
+        )
 
-    def _settle_success(self, plan: BalancerPlan, attempt: _Attempt, usage: TokenUsage) -> None:
-        target = attempt.target
+    def _settle_success(
+        self,
+        exchange: _Exchange,
+        attempt: _Attempt,
+        usage: TokenUsage,
+        *,
+        response_model: str | None,
+        first_byte_perf: float | None,
+        response_payload: bytes | None,
+    ) -> None:
+        """Record a successful attempt in the background: the client does not wait."""
+        target, plan = attempt.target, exchange.plan
         prompt, completion = usage.prompt_tokens, usage.completion_tokens
+        cost = target.cost(prompt, completion)
+        event = self._event(
+            exchange,
+            attempt,
+            final=True,
+            status=200,
+            error="",
+            usage=usage,
+            cost=cost,
+            response_model=response_model,
+            first_byte_perf=first_byte_perf,
+            response_payload=response_payload,
+        )
         settlement = Settlement(
             target_id=target.target_id,
             reserved=attempt.reserved,
@@ -361,16 +483,32 @@ class ProxyService:
             actual=counted(plan.tokens_count_strategy, target, prompt, completion),
             prompt_tokens=prompt,
             completion_tokens=completion,
-            cost=target.cost(prompt, completion),
+            cost=cost,
             failed=False,
             backend=attempt.selection.backend,
+            event=event,
         )
         self._spawn(self._settle(plan, settlement))
 
-    async def _settle_failure(self, plan: BalancerPlan, attempt: _Attempt) -> None:
-        """Release the reservation of a failed attempt before choosing again."""
+    async def _settle_failure(
+        self, exchange: _Exchange, attempt: _Attempt, error: str, status: int, *, final: bool
+    ) -> None:
+        """Release a failed attempt's reservation before choosing again."""
+        final = final or attempt.last_possible
+        event = self._event(
+            exchange,
+            attempt,
+            final=final,
+            status=status,
+            error=error,
+            usage=TokenUsage(),
+            cost=0.0,
+            response_model=None,
+            first_byte_perf=None,
+            response_payload=None,
+        )
         await self._settle(
-            plan,
+            exchange.plan,
             Settlement(
                 target_id=attempt.target.target_id,
                 reserved=attempt.reserved,
@@ -381,6 +519,7 @@ class ProxyService:
                 cost=0.0,
                 failed=True,
                 backend=attempt.selection.backend,
+                event=event,
             ),
         )
 
@@ -391,6 +530,9 @@ class ProxyService:
             # Settling must never fail a response that is already on its way; the
             # reservation decays away on its own.
             log.exception("could not record usage for target %s", settlement.target_id)
+        event = settlement.event
+        if self.write_logs and event is not None and event.log_statistics and event.final:
+            write_kong_log(event)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         """Run a settle in the background: the client's response does not wait for it."""
@@ -402,24 +544,6 @@ class ProxyService:
         """Wait for every background settle (on shutdown)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-
-
-def _transport_failover(
-    plan: BalancerPlan, target: UpstreamTarget, exc: httpx.HTTPError
-) -> Exception:
-    """Map a transport error to a failover or a final error, per ``failover_criteria``."""
-    if isinstance(exc, httpx.TimeoutException):
-        error: ProxyError = UpstreamTimeout(f"The upstream server is timing out ({target.label})")
-        criterion = "timeout"
-    else:
-        error = UpstreamFailed(
-            f"An invalid response was received from the upstream server ({target.label}: "
-            f"{type(exc).__name__})"
-        )
-        criterion = "error"
-    if criterion in plan.failover_criteria:
-        return _Failover(error)
-    return error
 
 
 async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:

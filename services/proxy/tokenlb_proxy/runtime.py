@@ -10,16 +10,30 @@ from __future__ import annotations
 import time
 
 import httpx
+import msgspec
+import redis.asyncio as aioredis
 
 from tokenlb_proxy.config import load_config
-from tokenlb_proxy.plan import Gateway
+from tokenlb_proxy.plan import BalancerPlan, Gateway
 from tokenlb_proxy.proxy import ProxyService
 from tokenlb_proxy.settings import ProxySettings
 from tokenlb_proxy.store import LocalStore, RedisStore, ResilientStore, UsageStore
 from tokenlb_proxy.store.redis import connect_redis
 from tokenlb_proxy.tokens import get_counter
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "describe_targets"]
+
+_encoder = msgspec.json.Encoder()
+
+
+def describe_targets(plan: BalancerPlan) -> dict[str, str]:
+    """target id -> JSON with what an operator needs to recognise it (never the auth)."""
+    return {
+        t.target_id: _encoder.encode(
+            {"model": t.label, "weight": t.weight, "url": t.url, "index": t.index}
+        ).decode()
+        for t in plan.targets
+    }
 
 
 class Runtime:
@@ -29,8 +43,12 @@ class Runtime:
         self.settings = settings
         self.gateway = gateway if gateway is not None else load_config(settings.config_path)
         self.store: UsageStore
+        #: The shared Redis, for the admin views of the fleet (None on the embedded store).
+        self.redis: aioredis.Redis | None = None
         if settings.redis_url:
-            self.store = ResilientStore(RedisStore(connect_redis(settings.redis_url)), LocalStore())
+            self.redis = connect_redis(settings.redis_url)
+            redis_store = RedisStore(self.redis, emit_events=settings.usage_events)
+            self.store = ResilientStore(redis_store, LocalStore())
         else:
             self.store = LocalStore()
         self.http = httpx.AsyncClient(
@@ -41,13 +59,18 @@ class Runtime:
             ),
             follow_redirects=False,
         )
-        self.proxy = ProxyService(self.gateway, self.store, self.http)
+        # With Redis the aggregators write Kong's log lines from the usage events.
+        self.proxy = ProxyService(
+            self.gateway, self.store, self.http, write_logs=not settings.redis_url
+        )
         self.started_at = time.time()
 
     async def start(self) -> None:
-        """Warm what the first request would otherwise pay for."""
+        """Warm what the first request would otherwise pay for, and announce the balancers
+        so aggregators and `tokenlb stats` can find them."""
         get_counter()
-        await self.store.healthy()
+        for plan in self.gateway.balancers:
+            await self.store.register(plan.balancer_id, plan.keys, describe_targets(plan))
 
     async def close(self) -> None:
         await self.proxy.drain()

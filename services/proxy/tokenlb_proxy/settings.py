@@ -23,6 +23,8 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     #: Upper bound on pooled upstream connections of this replica.
     max_upstream_connections: int = 1000
     log_level: str = "INFO"
+    #: Append a usage event per attempt to Redis for the aggregators.
+    usage_events: bool = True
 
 
 def settings_from_env(
@@ -34,6 +36,7 @@ def settings_from_env(
         "config_path": env.get("TOKENLB_CONFIG", ""),
         "redis_url": env.get("TOKENLB_REDIS_URL") or None,
         "log_level": env.get("TOKENLB_LOG_LEVEL", "INFO").upper(),
+        "usage_events": env.get("TOKENLB_USAGE_EVENTS", "1").lower() not in ("0", "false", "no"),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return msgspec.convert(values, ProxySettings)

@@ -1,63 +1,59 @@
 """Kong's per-request AI log record, for targets with ``logging.log_statistics``.
 
-One JSON line per request on the ``tokenlb.analytics`` logger, shaped like the
-``ai.proxy`` namespace Kong's log plugins receive, so existing log pipelines keep
-working. Payloads are included only with ``log_payloads``; credentials never are.
+One JSON line per successful request, shaped like the ``ai.proxy`` namespace Kong's log
+plugins receive, so existing log pipelines keep working. With Redis the aggregator writes
+it from the usage event (to a configurable sink); on the embedded store the proxy writes
+it itself on the ``tokenlb.analytics`` logger (stdout). Payloads only with
+``log_payloads``; credentials never.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from typing import Any
 
 import msgspec
 
-from tokenlb_proxy.chat import ParsedRequest
-from tokenlb_proxy.plan import BalancerPlan, UpstreamTarget
-from tokenlb_proxy.usage import TokenUsage
+from tokenlb_proxy.events import UsageEvent
 
-__all__ = ["log_statistics"]
+__all__ = ["kong_log_line", "kong_log_record", "write_kong_log"]
 
 analytics_log = logging.getLogger("tokenlb.analytics")
 _encoder = msgspec.json.Encoder()
 
 
-def log_statistics(
-    plan: BalancerPlan,
-    target: UpstreamTarget,
-    parsed: ParsedRequest,
-    usage: TokenUsage,
-    response_model: str | None,
-    started_at: float,
-    first_byte_at: float | None,
-    response_body: bytes | None,
-) -> None:
-    """Write the record for one finished request."""
-    now = time.perf_counter()
-    latency_ms = round((now - started_at) * 1000)
-    prompt, completion = usage.prompt_tokens, usage.completion_tokens
-    record: dict[str, object] = {
+def kong_log_record(event: UsageEvent) -> dict[str, Any]:
+    """``{"ai": {"proxy": {"meta": ..., "usage": ..., "payload"?: ...}}}`` for one request."""
+    latency_ms = round(event.upstream_ms)
+    completion = event.completion_tokens
+    record: dict[str, Any] = {
         "meta": {
-            "plugin_id": plan.balancer_id,
-            "provider_name": target.provider,
-            "request_model": parsed.view.model,
-            "response_model": response_model or target.model_name,
+            "plugin_id": event.balancer,
+            "provider_name": event.provider,
+            "request_model": event.request_model,
+            "response_model": event.response_model,
             "llm_latency": latency_ms,
         },
         "usage": {
-            "prompt_tokens": prompt,
+            "prompt_tokens": event.prompt_tokens,
             "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "cost": target.cost(prompt, completion),
-            "time_per_token": round(latency_ms / completion, 3) if completion else 0,
-            "time_to_first_token": (
-                round((first_byte_at - started_at) * 1000) if first_byte_at is not None else None
-            ),
+            "total_tokens": event.prompt_tokens + completion,
+            "cost": event.cost,
+            "time_per_token": round(event.upstream_ms / completion, 3) if completion else 0,
+            "time_to_first_token": round(event.ttft_ms) if event.ttft_ms is not None else None,
         },
     }
-    if target.log_payloads:
-        payload: dict[str, object] = {"request": parsed.raw}
-        if response_body is not None:
-            payload["response"] = response_body.decode("utf-8", "replace")
-        record["payload"] = payload
-    analytics_log.info(_encoder.encode({"ai": {"proxy": record}}).decode())
+    if event.request_payload is not None or event.response_payload is not None:
+        record["payload"] = {
+            "request": event.request_payload,
+            "response": event.response_payload,
+        }
+    return {"ai": {"proxy": record}}
+
+
+def kong_log_line(event: UsageEvent) -> bytes:
+    return _encoder.encode(kong_log_record(event))
+
+
+def write_kong_log(event: UsageEvent) -> None:
+    analytics_log.info(kong_log_line(event).decode())

@@ -7,7 +7,9 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from tokenlb_proxy.events import UsageEvent
 from tokenlb_proxy.keys import BalancerKeys
+from tokenlb_proxy.rollups import MinuteRollup
 
 __all__ = [
     "DEFAULT_ROLL_AFTER",
@@ -24,6 +26,10 @@ Algorithm = Literal["lowest-usage", "round-robin"]
 #: Move the decay epoch once the forward-decay factor passes 2^20: scores stay far from
 #: float overflow and keep ~10 significant digits of the smallest target's usage.
 DEFAULT_ROLL_AFTER = 20.0
+#: Approximate cap on a balancer's event stream. Aggregators trim what they acknowledged
+#: within seconds, so in normal operation the stream holds only unread events; the cap
+#: only bounds memory (~400 bytes an event) when no aggregator runs at all.
+DEFAULT_STREAM_MAX_LEN = 100_000
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -64,6 +70,8 @@ class Settlement(msgspec.Struct, frozen=True):
     failed: bool
     #: The ``backend`` of the selection this settles.
     backend: str = "local"
+    #: The attempt's usage event for the aggregators (None: emission is off).
+    event: UsageEvent | None = None
 
 
 class TargetTotals(msgspec.Struct):
@@ -106,6 +114,14 @@ class UsageStore(Protocol):
         self, keys: BalancerKeys, half_life_ms: int, target_ids: Sequence[str]
     ) -> dict[str, TargetTotals]:
         """Totals and current decayed usage of the given targets."""
+        ...
+
+    async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
+        """Make a balancer and its targets (id -> JSON description) findable by workers."""
+        ...
+
+    async def rollups(self, keys: BalancerKeys, minutes: Sequence[int]) -> list[MinuteRollup]:
+        """The per-minute rollups of ``minutes`` (Unix seconds // 60) that exist."""
         ...
 
     async def healthy(self) -> bool:

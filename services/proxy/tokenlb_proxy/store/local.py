@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from tokenlb_proxy.keys import BalancerKeys
+from tokenlb_proxy.rollups import MinuteRollup, TargetRollup
 from tokenlb_proxy.store.base import (
     DEFAULT_ROLL_AFTER,
     Algorithm,
@@ -29,13 +30,16 @@ def _wall_clock_ms() -> int:
 
 
 class _BalancerState:
-    __slots__ = ("epoch_ms", "round_robin", "totals", "usage")
+    __slots__ = ("epoch_ms", "minutes", "round_robin", "targets", "totals", "usage")
 
     def __init__(self) -> None:
         self.usage: dict[str, float] = {}
         self.epoch_ms: int | None = None
         self.round_robin: dict[str, int] = {}
         self.totals: dict[str, TargetTotals] = {}
+        self.targets: dict[str, str] = {}
+        #: minute -> rollup, for as long as ``rollup_retention_s``.
+        self.minutes: dict[int, MinuteRollup] = {}
 
 
 class LocalStore:
@@ -47,9 +51,11 @@ class LocalStore:
         self,
         clock_ms: Callable[[], int] = _wall_clock_ms,
         roll_after: float = DEFAULT_ROLL_AFTER,
+        rollup_retention_s: int = 86400,
     ) -> None:
         self._clock_ms = clock_ms
         self._roll_after = roll_after
+        self._rollup_retention_minutes = max(1, rollup_retention_s // 60)
         self._balancers: dict[str, _BalancerState] = {}
 
     def _state(self, keys: BalancerKeys) -> _BalancerState:
@@ -143,6 +149,26 @@ class LocalStore:
         totals.prompt_tokens += settlement.prompt_tokens
         totals.completion_tokens += settlement.completion_tokens
         totals.cost += settlement.cost
+        if settlement.event is not None:
+            self._add_to_rollup(state, settlement)
+
+    def _add_to_rollup(self, state: _BalancerState, settlement: Settlement) -> None:
+        """What the aggregator does for Redis, done in place: there is no stream here."""
+        assert settlement.event is not None
+        minute = int(settlement.event.end_ms // 60_000)
+        rollup = state.minutes.get(minute)
+        if rollup is None:
+            rollup = state.minutes[minute] = MinuteRollup(minute=minute)
+            oldest = minute - self._rollup_retention_minutes
+            for expired in [m for m in state.minutes if m <= oldest]:
+                del state.minutes[expired]
+        rollup.targets.setdefault(settlement.target_id, TargetRollup()).add_request(
+            failed=settlement.failed,
+            prompt_tokens=settlement.prompt_tokens,
+            completion_tokens=settlement.completion_tokens,
+            cost=settlement.cost,
+            latency_ms=settlement.event.upstream_ms,
+        )
 
     async def totals(
         self, keys: BalancerKeys, half_life_ms: int, target_ids: Sequence[str]
@@ -164,6 +190,13 @@ class LocalStore:
                 usage=state.usage.get(target_id, 0.0) * decay,
             )
         return result
+
+    async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
+        self._state(keys).targets.update(targets)
+
+    async def rollups(self, keys: BalancerKeys, minutes: Sequence[int]) -> list[MinuteRollup]:
+        state = self._state(keys)
+        return [state.minutes[m] for m in minutes if m in state.minutes]
 
     async def healthy(self) -> bool:
         return True

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 
-from tokenlb_proxy.keys import BalancerKeys
+from tokenlb_proxy.events import encode_event
+from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys
+from tokenlb_proxy.rollups import MinuteRollup, parse_rollup_hash
 from tokenlb_proxy.scripts import lua_source
 from tokenlb_proxy.store.base import (
     DEFAULT_ROLL_AFTER,
+    DEFAULT_STREAM_MAX_LEN,
     Algorithm,
     Candidate,
     Selection,
@@ -38,9 +41,18 @@ class RedisStore:
 
     kind = "redis"
 
-    def __init__(self, client: aioredis.Redis, roll_after: float = DEFAULT_ROLL_AFTER) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        roll_after: float = DEFAULT_ROLL_AFTER,
+        stream_max_len: int = DEFAULT_STREAM_MAX_LEN,
+        emit_events: bool = True,
+    ) -> None:
         self.client = client
+        #: Append usage events for the aggregators (off: settle only, one XADD less).
+        self.emit_events = emit_events
         self._roll_after = str(roll_after)
+        self._stream_max_len = str(stream_max_len)
         self._select_lowest_usage: AsyncScript = client.register_script(
             lua_source("select_lowest_usage")
         )
@@ -76,8 +88,9 @@ class RedisStore:
         )
 
     async def settle(self, keys: BalancerKeys, half_life_ms: int, settlement: Settlement) -> None:
+        event = settlement.event
         await self._record_usage(
-            keys=[keys.usage, keys.meta, keys.totals],
+            keys=[keys.usage, keys.meta, keys.totals, keys.events],
             args=[
                 settlement.target_id,
                 half_life_ms,
@@ -89,8 +102,28 @@ class RedisStore:
                 repr(settlement.cost),
                 "1" if settlement.failed else "0",
                 self._roll_after,
+                encode_event(event) if event is not None and self.emit_events else "",
+                self._stream_max_len,
             ],
         )
+
+    async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.sadd(BALANCERS_KEY, balancer_id)
+            if targets:
+                pipe.hset(keys.targets, mapping=cast(Any, targets))
+            await pipe.execute()
+
+    async def rollups(self, keys: BalancerKeys, minutes: Sequence[int]) -> list[MinuteRollup]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for minute in minutes:
+                pipe.hgetall(keys.rollup(minute))
+            replies: list[dict[str, str]] = await pipe.execute()
+        return [
+            MinuteRollup(minute=minute, targets=parse_rollup_hash(fields))
+            for minute, fields in zip(minutes, replies, strict=True)
+            if fields
+        ]
 
     async def totals(
         self, keys: BalancerKeys, half_life_ms: int, target_ids: Sequence[str]

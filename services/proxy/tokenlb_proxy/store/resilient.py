@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tokenlb_proxy.keys import BalancerKeys
+from tokenlb_proxy.rollups import MinuteRollup
 from tokenlb_proxy.store.base import Algorithm, Candidate, Selection, Settlement, TargetTotals
 from tokenlb_proxy.store.local import LocalStore
 from tokenlb_proxy.store.redis import RedisStore
@@ -104,6 +105,21 @@ class ResilientStore:
             except _OUTAGE_ERRORS as exc:
                 self._mark_down(exc)
         return await self.fallback.totals(keys, half_life_ms, target_ids)
+
+    async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
+        await self.fallback.register(balancer_id, keys, targets)
+        try:
+            await self.primary.register(balancer_id, keys, targets)
+        except _OUTAGE_ERRORS as exc:
+            self._mark_down(exc)
+
+    async def rollups(self, keys: BalancerKeys, minutes: Sequence[int]) -> list[MinuteRollup]:
+        if self._use_primary():
+            try:
+                return await self.primary.rollups(keys, minutes)
+            except _OUTAGE_ERRORS as exc:
+                self._mark_down(exc)
+        return await self.fallback.rollups(keys, minutes)
 
     async def healthy(self) -> bool:
         return await self.primary.healthy()

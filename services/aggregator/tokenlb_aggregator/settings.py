@@ -1,0 +1,62 @@
+"""Aggregator settings: the only place the aggregator reads its environment."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+
+import msgspec
+
+__all__ = ["AggregatorSettings", "aggregator_settings"]
+
+
+class AggregatorSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How one aggregator runs. Times in milliseconds unless the name says otherwise."""
+
+    redis_url: str
+    #: Consumer name in the group; unique per aggregator process.
+    name: str
+    group: str = "tokenlb-aggregators"
+    #: Events read per stream per call.
+    batch_size: int = 500
+    #: Sleep when every stream was empty.
+    idle_sleep_ms: int = 50
+    #: Entries pending this long on a consumer are taken over (its aggregator died).
+    claim_idle_ms: int = 15_000
+    #: Seconds a per-minute rollup is kept.
+    rollup_retention_s: int = 7 * 86_400
+    #: How often the decay epoch is rolled, and after how many half-lives.
+    roll_interval_ms: int = 5_000
+    roll_min_half_lives: float = 1.0
+    #: How often acknowledged entries are trimmed from the streams.
+    trim_interval_ms: int = 2_000
+    #: How often the list of balancers is re-read.
+    discover_interval_ms: int = 2_000
+    heartbeat_interval_ms: int = 2_000
+    heartbeat_ttl_s: int = 10
+    #: Where Kong's log lines go: "stdout", "stderr", "none" or a file path.
+    log_sink: str = "stdout"
+
+
+def _default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def aggregator_settings(
+    environ: Mapping[str, str] | None = None, **overrides: object
+) -> AggregatorSettings:
+    """Settings from ``TOKENLB_*`` variables; explicit (CLI) values win."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {
+        "redis_url": env.get("TOKENLB_REDIS_URL", ""),
+        "name": _default_name(),
+        "log_sink": env.get("TOKENLB_LOG_SINK", "stdout"),
+    }
+    # Every setting can also come from TOKENLB_AGGREGATOR_<NAME> (e.g. ..._CLAIM_IDLE_MS).
+    for name in AggregatorSettings.__struct_fields__:
+        value = env.get(f"TOKENLB_AGGREGATOR_{name.upper()}")
+        if value is not None:
+            values[name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return msgspec.convert(values, AggregatorSettings, strict=False)
