@@ -108,9 +108,11 @@ class ManagedProcess:
         self._log.close()
 
     def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as when a machine dies."""
         if self.alive():
             self.process.kill()
         self.process.wait()
+        self._log.close()
 
 
 def port_open(port: int) -> bool:

@@ -39,6 +39,8 @@ async def balancer_stats(
     rollups = await store.rollups(keys, minutes)
     totals = merge_rollups(rollups)
     usage = await store.totals(keys, half_life_ms, list(targets))
+    # When `usage` was true: it keeps decaying, so readers comparing two reports need it.
+    measured_at_ms = time.time() * 1000
     rows = []
     for target_id, description in targets.items():
         counted = totals.get(target_id, TargetRollup())
@@ -59,6 +61,7 @@ async def balancer_stats(
     return {
         "id": balancer_id,
         "usage_half_life_s": half_life_ms / 1000,
+        "usage_measured_at_ms": measured_at_ms,
         "window_minutes": [minutes[0], minutes[-1]] if minutes else [],
         "targets": rows,
     }
