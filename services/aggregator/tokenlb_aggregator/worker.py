@@ -171,38 +171,53 @@ class Aggregator:
         for balancer_id in await balancer_ids(self.client):
             keys = balancer_keys(balancer_id)
             if balancer_id not in self._balancers:
-                try:
-                    await self.client.xgroup_create(
-                        keys.events, self.settings.group, id="0", mkstream=True
-                    )
-                except ResponseError as exc:
-                    if "BUSYGROUP" not in str(exc):
-                        raise
+                await self._create_group(keys)
             descriptions = await target_descriptions(self.client, keys)
             self._balancers[balancer_id] = _Balancer(
                 keys=keys,
                 urls={t: str(d.get("url", "")) for t, d in descriptions.items()},
             )
 
+    async def _create_group(self, keys: BalancerKeys) -> None:
+        try:
+            await self.client.xgroup_create(keys.events, self.settings.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
     async def _read(self, balancer: _Balancer) -> list[_Entry]:
-        reply: Any = await self.client.xreadgroup(
-            self.settings.group,
-            self.settings.name,
-            {balancer.keys.events: ">"},
-            count=self.settings.batch_size,
-        )
+        try:
+            reply: Any = await self.client.xreadgroup(
+                self.settings.group,
+                self.settings.name,
+                {balancer.keys.events: ">"},
+                count=self.settings.batch_size,
+            )
+        except ResponseError as exc:
+            # The stream and its group vanished (a Redis restarted without persistence,
+            # a FLUSHALL); settling recreates the stream, so make the group again.
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._create_group(balancer.keys)
+            return []
         return [entry for _, entries in reply or [] for entry in entries]
 
     async def _claim(self, balancer: _Balancer) -> list[_Entry]:
         """Entries a dead aggregator read but never acknowledged."""
-        reply: Any = await self.client.xautoclaim(
-            balancer.keys.events,
-            self.settings.group,
-            self.settings.name,
-            min_idle_time=self.settings.claim_idle_ms,
-            start_id="0-0",
-            count=self.settings.batch_size,
-        )
+        try:
+            reply: Any = await self.client.xautoclaim(
+                balancer.keys.events,
+                self.settings.group,
+                self.settings.name,
+                min_idle_time=self.settings.claim_idle_ms,
+                start_id="0-0",
+                count=self.settings.batch_size,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._create_group(balancer.keys)
+            return []
         entries: list[_Entry] = [e for e in reply[1] if e is not None and e[1] is not None]
         if entries:
             log.info("took over %d event(s) left pending by another aggregator", len(entries))
