@@ -7,6 +7,8 @@ Nothing connects at import time.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 
 import httpx
@@ -24,6 +26,7 @@ from tokenlb_proxy.tokens import get_counter
 __all__ = ["Runtime", "describe_targets"]
 
 _encoder = msgspec.json.Encoder()
+log = logging.getLogger(__name__)
 
 
 def describe_targets(plan: BalancerPlan) -> dict[str, str]:
@@ -64,15 +67,33 @@ class Runtime:
             self.gateway, self.store, self.http, write_logs=not settings.redis_url
         )
         self.started_at = time.time()
+        self._announcer: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Warm what the first request would otherwise pay for, and announce the balancers
         so aggregators and `tokenlb stats` can find them."""
         get_counter()
+        await self.announce()
+        if self.redis is not None:
+            self._announcer = asyncio.create_task(self._keep_announcing())
+
+    async def announce(self) -> None:
         for plan in self.gateway.balancers:
             await self.store.register(plan.balancer_id, plan.keys, describe_targets(plan))
 
+    async def _keep_announcing(self) -> None:
+        """Announce again now and then: a Redis that restarted empty (or was flushed) has
+        forgotten the balancers, and aggregators find streams only through them."""
+        while True:
+            await asyncio.sleep(self.settings.announce_interval_s)
+            try:
+                await self.announce()
+            except Exception:
+                log.warning("could not announce balancers to Redis", exc_info=True)
+
     async def close(self) -> None:
+        if self._announcer is not None:
+            self._announcer.cancel()
         await self.proxy.drain()
         await self.http.aclose()
         await self.store.close()

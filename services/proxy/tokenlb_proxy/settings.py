@@ -25,6 +25,8 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "INFO"
     #: Append a usage event per attempt to Redis for the aggregators.
     usage_events: bool = True
+    #: Seconds between re-announcements of this replica's balancers to Redis.
+    announce_interval_s: float = 10.0
 
 
 def settings_from_env(
@@ -37,6 +39,7 @@ def settings_from_env(
         "redis_url": env.get("TOKENLB_REDIS_URL") or None,
         "log_level": env.get("TOKENLB_LOG_LEVEL", "INFO").upper(),
         "usage_events": env.get("TOKENLB_USAGE_EVENTS", "1").lower() not in ("0", "false", "no"),
+        "announce_interval_s": float(env.get("TOKENLB_ANNOUNCE_INTERVAL_S", "10")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return msgspec.convert(values, ProxySettings)
