@@ -92,7 +92,9 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if not redis_url:
         print("tokenlb stats: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
         return 2
-    return asyncio.run(print_stats(redis_url, args.minutes, as_json=args.json))
+    return asyncio.run(
+        print_stats(redis_url, args.minutes, as_json=args.json, per_minute=args.per_minute)
+    )
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--redis-url", default=None)
     stats.add_argument("--minutes", type=int, default=15, help="window, in minutes (15)")
     stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    stats.add_argument("--per-minute", action="store_true", help="also a row per minute")
     stats.set_defaults(func=_cmd_stats)
 
     check = commands.add_parser("check", help="validate a config file and print its errors")

@@ -67,9 +67,14 @@ async def balancer_stats(
     }
 
 
-def render_stats(console: Console, balancers: Sequence[Mapping[str, Any]]) -> None:
-    """Rich tables: one per balancer, a row per target, totals over the window."""
+def render_stats(
+    console: Console, balancers: Sequence[Mapping[str, Any]], *, per_minute: bool = False
+) -> None:
+    """Rich tables: one per balancer, a row per target, totals over the window; with
+    ``per_minute`` also a row per target and minute."""
     for balancer in balancers:
+        if per_minute:
+            _render_minutes(console, balancer)
         rows = balancer["targets"]
         grand_tokens = sum(r["window"]["total_tokens"] for r in rows) or 1
         table = Table(
@@ -109,3 +114,26 @@ def render_stats(console: Console, balancers: Sequence[Mapping[str, Any]]) -> No
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def _render_minutes(console: Console, balancer: Mapping[str, Any]) -> None:
+    table = Table(title=f"balancer {balancer['id']}, per minute (UTC)")
+    for column in ("minute", "target", "requests", "errors", "total", "cost", "p50 ms", "p95 ms"):
+        table.add_column(column, justify="left" if column in ("minute", "target") else "right")
+    rows = [
+        (minute["minute"], target["model"], minute)
+        for target in balancer["targets"]
+        for minute in target["minutes"]
+    ]
+    for number, model, minute in sorted(rows, key=lambda row: (row[0], str(row[1]))):
+        table.add_row(
+            time.strftime("%H:%M", time.gmtime(number * 60)),
+            str(model),
+            str(minute["requests"]),
+            str(minute["errors"]),
+            str(minute["total_tokens"]),
+            f"{minute['cost']:.4f}",
+            _ms(minute["latency_p50_ms"]),
+            _ms(minute["latency_p95_ms"]),
+        )
+    console.print(table)

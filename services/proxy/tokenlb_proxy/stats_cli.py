@@ -41,7 +41,9 @@ async def collect_stats(redis_url: str, minutes: int) -> list[dict[str, object]]
         await store.close()
 
 
-async def print_stats(redis_url: str, minutes: int, *, as_json: bool) -> int:
+async def print_stats(
+    redis_url: str, minutes: int, *, as_json: bool, per_minute: bool = False
+) -> int:
     balancers = await collect_stats(redis_url, minutes)
     if as_json:
         sys.stdout.write(msgspec.json.encode({"balancers": balancers}).decode() + "\n")
@@ -50,5 +52,9 @@ async def print_stats(redis_url: str, minutes: int, *, as_json: bool) -> int:
     else:
         console = Console()
         # Eleven columns: when not on a terminal, do not squeeze them into 80.
-        render_stats(console if console.is_terminal else Console(width=160), balancers)
+        render_stats(
+            console if console.is_terminal else Console(width=160),
+            balancers,
+            per_minute=per_minute,
+        )
     return 0
