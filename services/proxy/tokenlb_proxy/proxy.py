@@ -28,6 +28,7 @@ from tokenlb_proxy.errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from tokenlb_proxy.metrics import ProxyMetrics
 from tokenlb_proxy.plan import BalancerPlan, Gateway, UpstreamTarget
 from tokenlb_proxy.routing import match_route
 from tokenlb_proxy.stats_log import log_statistics
@@ -79,10 +80,17 @@ class _Failover(Exception):
 class ProxyService:
     """Serves chat requests for one compiled gateway config."""
 
-    def __init__(self, gateway: Gateway, store: UsageStore, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        store: UsageStore,
+        http: httpx.AsyncClient,
+        metrics: ProxyMetrics | None = None,
+    ) -> None:
         self.gateway = gateway
         self.store = store
         self.http = http
+        self.metrics = metrics if metrics is not None else ProxyMetrics(gateway)
         self._background: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
@@ -138,6 +146,8 @@ class ProxyService:
             if selection.index is None:
                 break
             target = plan.targets[selection.index]
+            if tried:
+                self.metrics.retried(plan, target)
             tried.add(target.index)
             attempt = _Attempt(
                 target=target,
@@ -365,10 +375,12 @@ class ProxyService:
             failed=False,
             backend=attempt.selection.backend,
         )
+        self.metrics.succeeded(plan, target, settlement, attempt.started_at)
         self._spawn(self._settle(plan, settlement))
 
     async def _settle_failure(self, plan: BalancerPlan, attempt: _Attempt) -> None:
         """Release the reservation of a failed attempt before choosing again."""
+        self.metrics.failed(plan, attempt.target)
         await self._settle(
             plan,
             Settlement(

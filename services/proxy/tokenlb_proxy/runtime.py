@@ -12,6 +12,7 @@ import time
 import httpx
 
 from tokenlb_proxy.config import load_config
+from tokenlb_proxy.metrics import ProxyMetrics, TimedStore
 from tokenlb_proxy.plan import Gateway
 from tokenlb_proxy.proxy import ProxyService
 from tokenlb_proxy.settings import ProxySettings
@@ -41,13 +42,23 @@ class Runtime:
             ),
             follow_redirects=False,
         )
-        self.proxy = ProxyService(self.gateway, self.store, self.http)
+        self.metrics = ProxyMetrics(self.gateway)
+        # The request path times its store calls through the wrapper; /status and
+        # /metrics read the store itself.
+        self.proxy = ProxyService(
+            self.gateway, TimedStore(self.store, self.metrics), self.http, self.metrics
+        )
         self.started_at = time.time()
 
     async def start(self) -> None:
         """Warm what the first request would otherwise pay for."""
         get_counter()
         await self.store.healthy()
+
+    def degraded(self, reachable: bool) -> bool:
+        """Whether this replica balances on local counters because Redis is away
+        (``reachable``: what ``store.healthy()`` just answered)."""
+        return isinstance(self.store, ResilientStore) and (self.store.degraded or not reachable)
 
     async def close(self) -> None:
         await self.proxy.drain()
