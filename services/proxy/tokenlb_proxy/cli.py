@@ -10,7 +10,6 @@ tokenlb demo [--requests N] [--replicas N]
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -19,20 +18,18 @@ from tokenlb_proxy import __version__
 __all__ = ["main"]
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One JSON line per request, on stdout, for log pipelines (log_statistics).
-    analytics = logging.getLogger("tokenlb.analytics")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    analytics.addHandler(handler)
-    analytics.propagate = False
-    # httpx logs every request at INFO: noise, and measurably slow on the hot path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _configure_logging(command: str, default_level: str = "INFO") -> bool:
+    """Log as ``TOKENLB_LOG_LEVEL``/``TOKENLB_LOG_FORMAT`` say; False (after saying why)
+    when they hold something unusable."""
+    from tokenlb_proxy.logs import configure_logging  # noqa: PLC0415 - keep `--help` fast
+    from tokenlb_proxy.settings import SettingsError, log_settings_from_env  # noqa: PLC0415
+
+    try:
+        configure_logging(log_settings_from_env(default_level=default_level))
+    except SettingsError as exc:
+        print(f"tokenlb {command}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
@@ -40,6 +37,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     from tokenlb_proxy.server import run_proxy  # noqa: PLC0415
     from tokenlb_proxy.settings import settings_from_env  # noqa: PLC0415
 
+    if not _configure_logging("proxy"):
+        return 2
     settings = settings_from_env(
         config_path=args.config,
         redis_url=args.redis_url,
@@ -48,7 +47,6 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         admin_host=args.admin_host,
         admin_port=args.admin_port,
     )
-    _configure_logging(settings.log_level)
     if not settings.config_path:
         print("tokenlb proxy: --config FILE (or TOKENLB_CONFIG) is required", file=sys.stderr)
         return 2
@@ -85,7 +83,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_mock_upstream(args: argparse.Namespace) -> int:
     from tokenlb_proxy.mock_upstream import run_mock_upstream, settings_from_args  # noqa: PLC0415
 
-    _configure_logging("WARNING")
+    if not _configure_logging("mock-upstream", default_level="WARNING"):
+        return 2
     try:
         settings = settings_from_args(args)
     except ValueError as exc:
