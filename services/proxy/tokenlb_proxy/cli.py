@@ -5,6 +5,8 @@ tokenlb proxy --config FILE [--host H] [--port 8000] [--admin-host 127.0.0.1]
 tokenlb mock-upstream [--port 9000] [...]
 tokenlb check FILE
 tokenlb demo [--requests N] [--replicas N]
+tokenlb cluster up [--demo | --config FILE] [--replicas 3] [--port 8080] [--load N] [...]
+tokenlb load --url URL [--requests 300]
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tokenlb_proxy import __version__
 
@@ -100,6 +103,66 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(requests=args.requests, replicas=args.replicas, concurrency=args.concurrency)
 
 
+def _cmd_cluster_up(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from tokenlb_proxy.cluster import ClusterOptions, run_cluster  # noqa: PLC0415
+
+    if args.replicas < 1:
+        print("tokenlb cluster up: --replicas must be at least 1", file=sys.stderr)
+        return 2
+    return run_cluster(
+        ClusterOptions(
+            replicas=args.replicas,
+            demo=args.demo,
+            config=Path(args.config) if args.config else None,
+            port=args.port,
+            replica_port=args.replica_port,
+            redis_url=args.redis_url,
+            haproxy=args.haproxy,
+            load=args.load,
+            workdir=Path(args.workdir) if args.workdir else None,
+        )
+    )
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from tokenlb_proxy.load import run_load  # noqa: PLC0415
+
+    return run_load(
+        args.url,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        stream_share=args.stream_share,
+        wait_s=args.wait,
+    )
+
+
+def _add_cluster_parser(commands: Any) -> None:
+    cluster = commands.add_parser("cluster", help="run the docker-compose topology locally")
+    actions = cluster.add_subparsers(dest="action", required=True)
+    up = actions.add_parser(
+        "up",
+        help="Redis, N replicas and HAProxy (plus the mock upstream with --demo) until Ctrl-C",
+    )
+    up.add_argument("--replicas", type=int, default=3)
+    source = up.add_mutually_exclusive_group()
+    source.add_argument("--demo", action="store_true", help="the mock upstream and demo config")
+    source.add_argument("--config", help="kong.yaml for the replicas (keys from DECK_* vars)")
+    up.add_argument("--port", type=int, default=8080, help="HAProxy port (0: any free)")
+    up.add_argument(
+        "--replica-port",
+        type=int,
+        default=8100,
+        help="replica i on PORT+2i, its admin on PORT+2i+1 (0: free ports)",
+    )
+    up.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
+    up.add_argument("--haproxy", help="haproxy binary (default: from PATH or /usr/sbin)")
+    up.add_argument("--load", type=int, default=0, help="send N demo requests once up")
+    up.add_argument("--workdir", help="logs, rendered configs, cluster.json (default: a temp dir)")
+    up.set_defaults(func=_cmd_cluster_up)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tokenlb_proxy.mock_upstream import add_mock_arguments  # noqa: PLC0415
 
@@ -131,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--replicas", type=int, default=3)
     demo.add_argument("--concurrency", type=int, default=24)
     demo.set_defaults(func=_cmd_demo)
+
+    _add_cluster_parser(commands)
+
+    load = commands.add_parser("load", help="send demo traffic to a running gateway")
+    load.add_argument("--url", required=True, help="OpenAI base URL, e.g. http://host:8080/v1")
+    load.add_argument("--requests", type=int, default=300)
+    load.add_argument("--concurrency", type=int, default=16)
+    load.add_argument("--stream-share", type=float, default=0.3, help="share streamed (0..1)")
+    load.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the URL")
+    load.set_defaults(func=_cmd_load)
     return parser
 
 
