@@ -169,15 +169,19 @@ def test_histogram_buckets_are_cumulative(
     assert dict(buckets)[float("inf")] == 3
 
 
-def test_info_matches_status(mock: Mock, config: Path, process_logs: Path) -> None:
+def test_info_matches_status_and_only_the_admin_port_serves_it(
+    mock: Mock, config: Path, process_logs: Path
+) -> None:
     with running_proxy(process_logs, config, None) as proxy:
         _, samples = scrape(proxy)
         status = httpx.get(f"{proxy.admin_url}/status", timeout=5).json()
+        data_plane = httpx.get(f"{proxy.url}/metrics", timeout=5)
     [info] = [dict(ls) for name, ls in samples if name == "tokenlb_info"]
     assert info["configuration_hash"] == status["configuration_hash"]
     assert info["version"] == status["version"]
     assert total(samples, "tokenlb_degraded") == 0
     assert not [k for k in samples if k[0] == "tokenlb_redis_outages_total"]  # no Redis
+    assert data_plane.status_code == 404  # the data plane routes /metrics like any path
 
 
 def test_degraded_gauge_follows_redis(mock: Mock, config: Path, process_logs: Path) -> None:
@@ -200,9 +204,3 @@ def test_degraded_gauge_follows_redis(mock: Mock, config: Path, process_logs: Pa
     roundtrip = "tokenlb_store_roundtrip_seconds_count"
     assert total(samples, roundtrip, operation="select", backend="local") == 1
     assert total(samples, "ai_llm_requests_total", balancer="chat") == 2
-
-
-def test_metrics_port_is_the_admin_port_only(mock: Mock, config: Path, process_logs: Path) -> None:
-    with running_proxy(process_logs, config, None) as proxy:
-        response = httpx.get(f"{proxy.url}/metrics", timeout=5)
-    assert response.status_code == 404  # the data plane routes /metrics like any path
