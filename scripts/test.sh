@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Install tokenlb with its test tools into .venv (a real, non-editable install, as users
-# get it), then lint, type-check and run the whole test suite. Needs python3 >= 3.11 and
-# redis-server (installed with apt-get when missing and run as root).
+# get it), then lint, type-check and run the whole test suite. Needs python3 >= 3.11,
+# redis-server and haproxy (both installed with apt-get when missing and run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
+if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "redis-server is required for the tests: install it (e.g. sudo apt-get install redis-server)" >&2
+    echo "the tests need ${missing[*]}: install it (e.g. sudo apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi

@@ -36,3 +36,12 @@ def test_installed_package_carries_its_scripts() -> None:
 def test_unknown_script_is_a_clear_error() -> None:
     with pytest.raises(FileNotFoundError, match=r"no_such_script\.lua"):
         lua_source("no_such_script")
+
+
+def test_installed_package_carries_the_deploy_files() -> None:
+    package_dir = Path(tokenlb_proxy.__file__).parent
+    if package_dir.parent == REPO / "services" / "proxy":
+        pytest.skip("running from the checkout; scripts/test.sh tests the installed wheel")
+    for relative in ("haproxy/haproxy.cfg", "compose/kong.yaml"):
+        packaged = resources.files("tokenlb_proxy").joinpath("deploy", *relative.split("/"))
+        assert packaged.read_text() == (REPO / "deploy" / relative).read_text()

@@ -17,6 +17,7 @@ from litestar.response import Stream
 from tokenlb_proxy import __version__
 from tokenlb_proxy.errors import ProxyError, error_body
 from tokenlb_proxy.fleet import aggregator_health
+from tokenlb_proxy.metrics import CONTENT_TYPE
 from tokenlb_proxy.runtime import Runtime
 from tokenlb_proxy.settings import redact_url
 from tokenlb_proxy.stats import balancer_stats, window_minutes
@@ -76,7 +77,7 @@ def create_proxy_app(runtime: Runtime) -> Litestar:
 
 
 def create_admin_app(runtime: Runtime) -> Litestar:
-    """The admin app: ``GET /status``; bound to 127.0.0.1 unless told otherwise."""
+    """The admin app: ``GET /status`` and ``GET /metrics``; bound to 127.0.0.1 by default."""
 
     @get("/status")
     async def status() -> dict[str, Any]:
@@ -111,12 +112,12 @@ def create_admin_app(runtime: Runtime) -> Litestar:
                     ],
                 }
             )
-        degraded = isinstance(store, ResilientStore) and (store.degraded or not reachable)
         aggregators: dict[str, Any] | None = None
         if runtime.redis is not None and reachable:
             aggregators = await aggregator_health(
                 runtime.redis, [plan.keys for plan in runtime.gateway.balancers]
             )
+        degraded = runtime.degraded(reachable)
         return {
             "version": __version__,
             "configuration_hash": runtime.gateway.version,
@@ -150,8 +151,16 @@ def create_admin_app(runtime: Runtime) -> Litestar:
             ]
         }
 
+    @get("/metrics")
+    async def metrics() -> Response[str]:
+        store = runtime.store
+        degraded = runtime.degraded(await store.healthy())
+        outages = store.outages if isinstance(store, ResilientStore) else None
+        text = runtime.metrics.render(degraded=degraded, redis_outages=outages)
+        return Response(text, media_type=CONTENT_TYPE)
+
     return Litestar(
-        route_handlers=[status, stats],
+        route_handlers=[status, stats, metrics],
         exception_handlers=_EXCEPTION_HANDLERS,
         openapi_config=None,
         logging_config=None,

@@ -5,35 +5,35 @@ tokenlb proxy --config FILE [--host H] [--port 8000] [--admin-host 127.0.0.1]
 tokenlb mock-upstream [--port 9000] [...]
 tokenlb check FILE
 tokenlb demo [--requests N] [--replicas N]
+tokenlb cluster up [--demo | --config FILE] [--replicas 3] [--port 8080] [--load N] [...]
+tokenlb load --url URL [--requests 300]
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from tokenlb_proxy import __version__
 
 __all__ = ["main"]
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One JSON line per request, on stdout, for log pipelines (log_statistics).
-    analytics = logging.getLogger("tokenlb.analytics")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    analytics.addHandler(handler)
-    analytics.propagate = False
-    # httpx logs every request at INFO: noise, and measurably slow on the hot path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+def _configure_logging(command: str, default_level: str = "INFO") -> bool:
+    """Log as ``TOKENLB_LOG_LEVEL``/``TOKENLB_LOG_FORMAT`` say; False (after saying why)
+    when they hold something unusable."""
+    from tokenlb_proxy.logs import configure_logging  # noqa: PLC0415 - keep `--help` fast
+    from tokenlb_proxy.settings import SettingsError, log_settings_from_env  # noqa: PLC0415
+
+    try:
+        configure_logging(log_settings_from_env(default_level=default_level))
+    except SettingsError as exc:
+        print(f"tokenlb {command}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
@@ -41,6 +41,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     from tokenlb_proxy.server import run_proxy  # noqa: PLC0415
     from tokenlb_proxy.settings import settings_from_env  # noqa: PLC0415
 
+    if not _configure_logging("proxy"):
+        return 2
     settings = settings_from_env(
         config_path=args.config,
         redis_url=args.redis_url,
@@ -50,7 +52,6 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         usage_events=args.usage_events,
     )
-    _configure_logging(settings.log_level)
     if not settings.config_path:
         print("tokenlb proxy: --config FILE (or TOKENLB_CONFIG) is required", file=sys.stderr)
         return 2
@@ -75,7 +76,8 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         claim_idle_ms=args.claim_idle_ms,
         rollup_retention_s=args.rollup_retention,
     )
-    _configure_logging(args.log_level)
+    if not _configure_logging("aggregator"):
+        return 2
     if not settings.redis_url:
         print("tokenlb aggregator: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
         return 2
@@ -120,7 +122,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_mock_upstream(args: argparse.Namespace) -> int:
     from tokenlb_proxy.mock_upstream import run_mock_upstream, settings_from_args  # noqa: PLC0415
 
-    _configure_logging("WARNING")
+    if not _configure_logging("mock-upstream", default_level="WARNING"):
+        return 2
     try:
         settings = settings_from_args(args)
     except ValueError as exc:
@@ -134,6 +137,66 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from tokenlb_proxy.demo import run_demo  # noqa: PLC0415
 
     return run_demo(requests=args.requests, replicas=args.replicas, concurrency=args.concurrency)
+
+
+def _cmd_cluster_up(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from tokenlb_proxy.cluster import ClusterOptions, run_cluster  # noqa: PLC0415
+
+    if args.replicas < 1:
+        print("tokenlb cluster up: --replicas must be at least 1", file=sys.stderr)
+        return 2
+    return run_cluster(
+        ClusterOptions(
+            replicas=args.replicas,
+            demo=args.demo,
+            config=Path(args.config) if args.config else None,
+            port=args.port,
+            replica_port=args.replica_port,
+            redis_url=args.redis_url,
+            haproxy=args.haproxy,
+            load=args.load,
+            workdir=Path(args.workdir) if args.workdir else None,
+        )
+    )
+
+
+def _cmd_load(args: argparse.Namespace) -> int:
+    from tokenlb_proxy.load import run_load  # noqa: PLC0415
+
+    return run_load(
+        args.url,
+        requests=args.requests,
+        concurrency=args.concurrency,
+        stream_share=args.stream_share,
+        wait_s=args.wait,
+    )
+
+
+def _add_cluster_parser(commands: Any) -> None:
+    cluster = commands.add_parser("cluster", help="run the docker-compose topology locally")
+    actions = cluster.add_subparsers(dest="action", required=True)
+    up = actions.add_parser(
+        "up",
+        help="Redis, N replicas and HAProxy (plus the mock upstream with --demo) until Ctrl-C",
+    )
+    up.add_argument("--replicas", type=int, default=3)
+    source = up.add_mutually_exclusive_group()
+    source.add_argument("--demo", action="store_true", help="the mock upstream and demo config")
+    source.add_argument("--config", help="kong.yaml for the replicas (keys from DECK_* vars)")
+    up.add_argument("--port", type=int, default=8080, help="HAProxy port (0: any free)")
+    up.add_argument(
+        "--replica-port",
+        type=int,
+        default=8100,
+        help="replica i on PORT+2i, its admin on PORT+2i+1 (0: free ports)",
+    )
+    up.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
+    up.add_argument("--haproxy", help="haproxy binary (default: from PATH or /usr/sbin)")
+    up.add_argument("--load", type=int, default=0, help="send N demo requests once up")
+    up.add_argument("--workdir", help="logs, rendered configs, cluster.json (default: a temp dir)")
+    up.set_defaults(func=_cmd_cluster_up)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,7 +241,6 @@ def build_parser() -> argparse.ArgumentParser:
     aggregator.add_argument(
         "--rollup-retention", type=int, default=None, help="seconds rollups are kept (604800)"
     )
-    aggregator.add_argument("--log-level", default="INFO")
     aggregator.set_defaults(func=_cmd_aggregator)
 
     stats = commands.add_parser("stats", help="per-target usage, tokens, cost and latency")
@@ -201,6 +263,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--replicas", type=int, default=3)
     demo.add_argument("--concurrency", type=int, default=24)
     demo.set_defaults(func=_cmd_demo)
+
+    _add_cluster_parser(commands)
+
+    load = commands.add_parser("load", help="send demo traffic to a running gateway")
+    load.add_argument("--url", required=True, help="OpenAI base URL, e.g. http://host:8080/v1")
+    load.add_argument("--requests", type=int, default=300)
+    load.add_argument("--concurrency", type=int, default=16)
+    load.add_argument("--stream-share", type=float, default=0.3, help="share streamed (0..1)")
+    load.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the URL")
+    load.set_defaults(func=_cmd_load)
     return parser
 
 

@@ -30,6 +30,7 @@ from tokenlb_proxy.errors import (
     UpstreamTimeout,
 )
 from tokenlb_proxy.events import UsageEvent
+from tokenlb_proxy.metrics import ProxyMetrics
 from tokenlb_proxy.plan import BalancerPlan, Gateway, UpstreamTarget
 from tokenlb_proxy.routing import match_route
 from tokenlb_proxy.stats_log import write_kong_log
@@ -113,6 +114,7 @@ class ProxyService:
         gateway: Gateway,
         store: UsageStore,
         http: httpx.AsyncClient,
+        metrics: ProxyMetrics | None = None,
         *,
         write_logs: bool = True,
     ) -> None:
@@ -121,6 +123,7 @@ class ProxyService:
         self.http = http
         #: Write Kong's log line here (embedded store); with Redis the aggregator does.
         self.write_logs = write_logs
+        self.metrics = metrics if metrics is not None else ProxyMetrics(gateway)
         self._background: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
@@ -190,6 +193,8 @@ class ProxyService:
             if selection.index is None:
                 break
             target = plan.targets[selection.index]
+            if tried:
+                self.metrics.retried(plan, target)
             tried.add(target.index)
             attempt = _Attempt(
                 target=target,
@@ -488,12 +493,14 @@ class ProxyService:
             backend=attempt.selection.backend,
             event=event,
         )
+        self.metrics.succeeded(plan, target, settlement, attempt.started_perf)
         self._spawn(self._settle(plan, settlement))
 
     async def _settle_failure(
         self, exchange: _Exchange, attempt: _Attempt, error: str, status: int, *, final: bool
     ) -> None:
         """Release a failed attempt's reservation before choosing again."""
+        self.metrics.failed(exchange.plan, attempt.target)
         final = final or attempt.last_possible
         event = self._event(
             exchange,

@@ -16,6 +16,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from tokenlb_proxy.config import load_config
+from tokenlb_proxy.metrics import ProxyMetrics, TimedStore
 from tokenlb_proxy.plan import BalancerPlan, Gateway
 from tokenlb_proxy.proxy import ProxyService
 from tokenlb_proxy.settings import ProxySettings
@@ -62,9 +63,16 @@ class Runtime:
             ),
             follow_redirects=False,
         )
-        # With Redis the aggregators write Kong's log lines from the usage events.
+        self.metrics = ProxyMetrics(self.gateway)
+        # The request path times its store calls through the wrapper (/status and
+        # /metrics read the store itself). With Redis the aggregators write Kong's log
+        # lines from the usage events.
         self.proxy = ProxyService(
-            self.gateway, self.store, self.http, write_logs=not settings.redis_url
+            self.gateway,
+            TimedStore(self.store, self.metrics),
+            self.http,
+            self.metrics,
+            write_logs=not settings.redis_url,
         )
         self.started_at = time.time()
         self._announcer: asyncio.Task[None] | None = None
@@ -90,6 +98,11 @@ class Runtime:
                 await self.announce()
             except Exception:
                 log.warning("could not announce balancers to Redis", exc_info=True)
+
+    def degraded(self, reachable: bool) -> bool:
+        """Whether this replica balances on local counters because Redis is away
+        (``reachable``: what ``store.healthy()`` just answered)."""
+        return isinstance(self.store, ResilientStore) and (self.store.degraded or not reachable)
 
     async def close(self) -> None:
         if self._announcer is not None:

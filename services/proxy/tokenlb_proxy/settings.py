@@ -4,11 +4,33 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Literal, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-__all__ = ["ProxySettings", "redact_url", "settings_from_env"]
+__all__ = [
+    "LogSettings",
+    "ProxySettings",
+    "SettingsError",
+    "log_settings_from_env",
+    "redact_url",
+    "settings_from_env",
+]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LogFormat = Literal["text", "json"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value tokenlb cannot use."""
+
+
+class LogSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How a ``tokenlb`` process logs (``TOKENLB_LOG_LEVEL``, ``TOKENLB_LOG_FORMAT``)."""
+
+    level: LogLevel = "INFO"
+    format: LogFormat = "text"
 
 
 class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -22,7 +44,7 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     admin_port: int = 8001
     #: Upper bound on pooled upstream connections of this replica.
     max_upstream_connections: int = 1000
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     #: Append a usage event per attempt to Redis for the aggregators.
     usage_events: bool = True
     #: Seconds between re-announcements of this replica's balancers to Redis.
@@ -34,15 +56,32 @@ def settings_from_env(
 ) -> ProxySettings:
     """Settings from ``TOKENLB_*`` variables, with explicit (CLI) values taking precedence."""
     env = os.environ if environ is None else environ
+    log = log_settings_from_env(env)
     values: dict[str, object] = {
         "config_path": env.get("TOKENLB_CONFIG", ""),
         "redis_url": env.get("TOKENLB_REDIS_URL") or None,
-        "log_level": env.get("TOKENLB_LOG_LEVEL", "INFO").upper(),
+        "log_level": log.level,
         "usage_events": env.get("TOKENLB_USAGE_EVENTS", "1").lower() not in ("0", "false", "no"),
         "announce_interval_s": float(env.get("TOKENLB_ANNOUNCE_INTERVAL_S", "10")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return msgspec.convert(values, ProxySettings)
+
+
+def log_settings_from_env(
+    environ: Mapping[str, str] | None = None, default_level: str = "INFO"
+) -> LogSettings:
+    """``TOKENLB_LOG_LEVEL`` (any case) and ``TOKENLB_LOG_FORMAT`` (``text`` or ``json``);
+    SettingsError names the variable and the values it accepts."""
+    env = os.environ if environ is None else environ
+    level = env.get("TOKENLB_LOG_LEVEL", "").strip().upper() or default_level
+    fmt = env.get("TOKENLB_LOG_FORMAT", "").strip().lower() or "text"
+    if level not in get_args(LogLevel):
+        levels = ", ".join(get_args(LogLevel))
+        raise SettingsError(f"TOKENLB_LOG_LEVEL={level!r}: use one of {levels}")
+    if fmt not in get_args(LogFormat):
+        raise SettingsError(f"TOKENLB_LOG_FORMAT={fmt!r}: use text or json")
+    return msgspec.convert({"level": level, "format": fmt}, LogSettings)
 
 
 def redact_url(url: str) -> str:
