@@ -99,8 +99,8 @@ def _applied_by(cluster: Cluster, name: str) -> int:
     return next((int(a["applied"]) for a in alive if a["name"] == name), 0)
 
 
-def _start_load(cluster: Cluster) -> tuple[threading.Thread, list[int]]:
-    failures: list[int] = []
+def _start_load(cluster: Cluster) -> tuple[threading.Thread, list[list[str]]]:
+    failures: list[list[str]] = []
     prompts = heavy_tailed_prompts(REQUESTS, seed=11)
 
     def load() -> None:
@@ -176,7 +176,7 @@ def test_sigkilled_aggregators_lose_and_double_count_nothing(cluster: Cluster) -
         survivors.append(survivor)
         load.join(timeout=120)
         assert not load.is_alive()
-        assert failures == [0]
+        assert failures == [[]]
         _wait_caught_up(cluster)
         _assert_stats_match_upstream(cluster)
         assert "took over" in survivor.output()
@@ -191,7 +191,7 @@ def test_two_aggregators_share_the_stream_without_double_counting(cluster: Clust
     try:
         load, failures = _start_load(cluster)
         load.join(timeout=120)
-        assert failures == [0]
+        assert failures == [[]]
         _wait_caught_up(cluster)
         _assert_stats_match_upstream(cluster)
         # Both did part of the work.

@@ -86,7 +86,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def _measure(fleet: Fleet, ports: list[int], scenario: Scenario, prompts: list[str]) -> float:
     httpx.post(f"{fleet.mock_url}/mock/reset", timeout=5).raise_for_status()
     failures = asyncio.run(run_load(ports, scenario.name, prompts, CONCURRENCY))
-    assert failures == 0
+    assert failures == []
     stats = httpx.get(f"{fleet.mock_url}/mock/stats", timeout=5).json()["by_model"]
     assert sum(stats[m]["requests"] for m in scenario.models) == len(prompts)
     return imbalance(counted_per_model(stats, scenario), scenario)
