@@ -1,4 +1,4 @@
-"""The three Lua scripts against a real redis-server, branch by branch.
+"""The balancer's Lua scripts against a real redis-server, branch by branch.
 
 Most checks go through ``RedisStore`` (what the proxy calls); the rest call the scripts
 raw where a branch has no typed entry point. Every test runs twice: with the script cache
@@ -23,7 +23,9 @@ from tokenlb_proxy.store.base import Algorithm
 from tokenlb_proxy.store.redis import connect_redis
 
 KEYS = balancer_keys("lua-tests")
-SCRIPT_NAMES = ("select_lowest_usage", "select_round_robin", "record_usage")
+SCRIPT_NAMES = ("select_target", "record_usage")
+SELECT_KEYS = [KEYS.usage, KEYS.meta, KEYS.round_robin, KEYS.breaker]
+RECORD_KEYS = [KEYS.usage, KEYS.meta, KEYS.totals, KEYS.events, KEYS.breaker]
 #: A half-life so long that decay over a test is below float noise (~1e-11 relative).
 NO_DECAY_MS = 10**12
 
@@ -72,6 +74,10 @@ class Scripts:
         completion_tokens: int = 0,
         cost: float = 0.0,
         failed: bool = False,
+        breaker_failure: bool = False,
+        max_fails: int = 0,
+        fail_timeout_ms: int = 10_000,
+        retry_after_ms: int = 0,
     ) -> None:
         await self._before_call()
         settlement = Settlement(
@@ -84,6 +90,10 @@ class Scripts:
             cost=cost,
             failed=failed,
             backend=selection.backend,
+            breaker_failure=breaker_failure,
+            max_fails=max_fails,
+            fail_timeout_ms=fail_timeout_ms,
+            retry_after_ms=retry_after_ms,
         )
         await self.store.settle(KEYS, half_life_ms, settlement)
 
@@ -103,12 +113,16 @@ class Scripts:
         completion_tokens: int = 0,
         cost: str = "0.0",
         event: str = "",
+        breaker_failure: str = "0",
+        max_fails: int = 0,
+        fail_timeout_ms: int = 10_000,
+        retry_after_ms: int = 0,
     ) -> str:
         """record_usage.lua called raw, with every ARGV as Redis receives it."""
         args: list[str | int] = [target_id, NO_DECAY_MS, reserved, reserved_at_ms, actual]
         args += [prompt_tokens, completion_tokens, cost, failed, "20", event, "1000"]
-        keys = [KEYS.usage, KEYS.meta, KEYS.totals, KEYS.events]
-        reply = await self.raw("record_usage", keys, args)
+        args += [breaker_failure, max_fails, fail_timeout_ms, retry_after_ms]
+        reply = await self.raw("record_usage", RECORD_KEYS, args)
         return str(reply)
 
     async def usage(self) -> dict[str, float]:
@@ -141,7 +155,7 @@ async def lua(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[S
         await client.aclose()
 
 
-# select_lowest_usage.lua -----------------------------------------------------------------
+# select_target.lua: lowest-usage -----------------------------------------------------
 
 
 async def test_first_call_creates_epoch_and_later_calls_keep_it(lua: Scripts) -> None:
@@ -260,11 +274,11 @@ async def test_no_eligible_target_chooses_nothing_and_reserves_nothing(lua: Scri
     assert await lua.usage() == pytest.approx({"a": 10.0, "b": 10.0})
 
     reply = await lua.raw(
-        "select_lowest_usage",
-        [KEYS.usage, KEYS.meta],
-        [NO_DECAY_MS, "20", 2, "a", 1, "5", "0", "b", 1, "5", "0"],
+        "select_target",
+        SELECT_KEYS,
+        ["lowest-usage", NO_DECAY_MS, "20", 2, "a", 1, "5", "0", "b", 1, "5", "0"],
     )
-    assert [reply[0], reply[2]] == [0, "0"]
+    assert reply == [0, reply[1], "0", "", 0]
 
 
 async def test_no_candidates_chooses_nothing(lua: Scripts) -> None:
@@ -420,7 +434,7 @@ async def test_settle_after_state_was_deleted_adds_actual_only(
 
 
 async def test_settle_rolls_the_epoch_too(lua: Scripts) -> None:
-    # Round-robin balancers settle but never run select_lowest_usage.lua; the epoch must
+    # Round-robin balancers settle but never roll the epoch in select_target.lua; it must
     # still move, or 2^((now - epoch) / half_life) overflows and settling fails.
     half_life_ms = 1000
     old_epoch = await server_ms(lua.client) - 25 * half_life_ms  # past roll_after = 20
@@ -505,7 +519,7 @@ async def test_settle_increments_the_totals_hash(lua: Scripts) -> None:
     assert b.cost == pytest.approx(2.5e-06)
 
 
-# select_round_robin.lua ------------------------------------------------------------------
+# select_target.lua: round-robin ------------------------------------------------------
 
 
 async def round_robin(lua: Scripts, targets: Sequence[Candidate], calls: int) -> list[int | None]:
@@ -549,20 +563,181 @@ async def test_round_robin_with_nothing_eligible(lua: Scripts) -> None:
     assert await lua.client.exists(KEYS.round_robin) == 0
 
 
+# Circuit breaker: record_usage.lua opens it, select_target.lua honours it ----------------
+
+
+async def fail(
+    lua: Scripts,
+    target_id: str,
+    *,
+    counts: bool = True,
+    max_fails: int = 3,
+    fail_timeout_ms: int = 10_000,
+    retry_after_ms: int = 0,
+) -> None:
+    """One failed attempt on ``target_id``, settled as the proxy settles it."""
+    selection = await lua.select([candidate(target_id)], algorithm="round-robin")
+    await lua.settle(
+        target_id,
+        selection,
+        reserved=0.0,
+        actual=0.0,
+        failed=True,
+        breaker_failure=counts,
+        max_fails=max_fails,
+        fail_timeout_ms=fail_timeout_ms,
+        retry_after_ms=retry_after_ms,
+    )
+
+
+async def out_until(lua: Scripts, target_id: str) -> int | None:
+    value = await lua.client.hget(KEYS.breaker, f"{target_id}:until")
+    return None if value is None else int(value)
+
+
+@pytest.mark.parametrize("algorithm", ["lowest-usage", "round-robin"])
+async def test_breaker_opens_after_max_fails_and_is_skipped(
+    lua: Scripts, algorithm: Algorithm
+) -> None:
+    targets = [candidate("a"), candidate("b")]
+    for _ in range(2):
+        await fail(lua, "a")
+    assert await out_until(lua, "a") is None
+    assert await lua.client.hget(KEYS.breaker, "a:fails") == "2"
+
+    before = await server_ms(lua.client)
+    await fail(lua, "a")  # the third failure within fail_timeout opens it
+    after = await server_ms(lua.client)
+
+    until = await out_until(lua, "a")
+    assert until is not None
+    assert before + 10_000 <= until <= after + 10_000
+    # The count starts again while it is out.
+    assert await lua.client.hget(KEYS.breaker, "a:fails") is None
+    chosen = [(await lua.select(targets, algorithm=algorithm)).index for _ in range(4)]
+    assert chosen == [1, 1, 1, 1]
+
+
+async def test_breaker_counts_failures_in_total_not_consecutively(lua: Scripts) -> None:
+    await fail(lua, "a")
+    ok = await lua.select([candidate("a")], algorithm="round-robin")
+    await lua.settle("a", ok, reserved=0.0, actual=10.0, max_fails=3)
+    await fail(lua, "a")
+    assert await out_until(lua, "a") is None
+    await fail(lua, "a")
+    assert await out_until(lua, "a") is not None
+
+
+async def test_failures_outside_the_window_do_not_add_up(lua: Scripts) -> None:
+    for _ in range(2):
+        await fail(lua, "a", fail_timeout_ms=150)
+    await asyncio.sleep(0.2)  # the window of the first failure has passed
+    await fail(lua, "a", fail_timeout_ms=150)
+    assert await out_until(lua, "a") is None
+    assert await lua.client.hget(KEYS.breaker, "a:fails") == "1"
+
+
+async def test_breaker_closes_after_fail_timeout(lua: Scripts) -> None:
+    for _ in range(2):
+        await fail(lua, "a", max_fails=2, fail_timeout_ms=200)
+    targets = [candidate("a"), candidate("b", eligible=False)]
+    closed = await lua.select(targets, algorithm="round-robin")
+    assert (closed.index, closed.blocked) == (None, "broken")
+
+    await asyncio.sleep(0.25)
+    reopened = await lua.select(targets, algorithm="round-robin")
+    assert (reopened.index, reopened.blocked, reopened.retry_at_ms) == (0, "", 0)
+
+
+@pytest.mark.parametrize(("counts", "max_fails"), [(False, 1), (True, 0)])
+async def test_uncounted_failures_and_max_fails_zero_never_open(
+    lua: Scripts, counts: bool, max_fails: int
+) -> None:
+    for _ in range(5):
+        await fail(lua, "a", counts=counts, max_fails=max_fails)
+    assert await lua.client.exists(KEYS.breaker) == 0
+    assert (await lua.select([candidate("a")])).index == 0
+
+
+async def test_retry_after_takes_a_target_out_whatever_max_fails_says(lua: Scripts) -> None:
+    before = await server_ms(lua.client)
+    await fail(lua, "a", counts=False, max_fails=0, retry_after_ms=30_000)
+    after = await server_ms(lua.client)
+    until = await out_until(lua, "a")
+    assert until is not None
+    assert before + 30_000 <= until <= after + 30_000
+    # A shorter Retry-After later does not shorten it; a longer one extends it.
+    await fail(lua, "a", counts=False, max_fails=0, retry_after_ms=1_000)
+    assert await out_until(lua, "a") == until
+    await fail(lua, "a", counts=False, max_fails=0, retry_after_ms=60_000)
+    extended = await out_until(lua, "a")
+    assert extended is not None
+    assert extended >= until + 29_000
+    assert 30_000 < await lua.client.pttl(KEYS.breaker) <= 60_000
+
+
+async def test_every_eligible_target_out_reports_the_soonest_return(lua: Scripts) -> None:
+    await fail(lua, "a", retry_after_ms=50_000)
+    await fail(lua, "b", retry_after_ms=20_000)
+    await fail(lua, "c", retry_after_ms=5_000)  # soonest, but c is not eligible
+    b_until = await out_until(lua, "b")
+    targets = [candidate("a"), candidate("b"), candidate("c", eligible=False)]
+
+    for algorithm in ("lowest-usage", "round-robin"):
+        selection = await lua.select(targets, algorithm=algorithm)
+        assert (selection.index, selection.blocked) == (None, "broken")
+        assert selection.retry_at_ms == b_until
+
+    # Nothing eligible at all is not "broken": there is nothing to wait for.
+    nothing = await lua.select([candidate("a", eligible=False)])
+    assert (nothing.index, nothing.blocked, nothing.retry_at_ms) == (None, "", 0)
+
+
+async def test_breaker_state_expires(lua: Scripts) -> None:
+    await fail(lua, "a", fail_timeout_ms=5_000)
+    assert 0 < await lua.client.pttl(KEYS.breaker) <= 5_000
+
+
+async def test_record_usage_breaker_argv_raw(lua: Scripts) -> None:
+    selection = await lua.select([candidate("a")])
+    for _ in range(2):
+        await lua.record_usage(
+            "a",
+            reserved="0",
+            reserved_at_ms=selection.reserved_at_ms,
+            actual="0",
+            failed="1",
+            breaker_failure="1",
+            max_fails=2,
+        )
+    assert await out_until(lua, "a") is not None
+    # "0" is a string, not a false Lua value: it must not count.
+    await lua.record_usage(
+        "b",
+        reserved="0",
+        reserved_at_ms=selection.reserved_at_ms,
+        actual="0",
+        failed="1",
+        breaker_failure="0",
+        max_fails=1,
+    )
+    assert await out_until(lua, "b") is None
+
+
 # Script cache and concurrency ------------------------------------------------------------
 
 
 async def test_scripts_reload_after_script_flush(lua: Scripts) -> None:
     shas = [lua.client.register_script(lua_source(name)).sha for name in SCRIPT_NAMES]
     await lua.client.script_flush()
-    assert await lua.client.script_exists(*shas) == [False, False, False]
+    assert await lua.client.script_exists(*shas) == [False, False]
 
     selection = await lua.store.select(KEYS, "lowest-usage", NO_DECAY_MS, [candidate("a", 1, 4)])
     await lua.store.select(KEYS, "round-robin", NO_DECAY_MS, [candidate("a")])
     settlement = Settlement("a", 4.0, selection.reserved_at_ms, 9.0, 0, 0, 0.0, failed=False)
     await lua.store.settle(KEYS, NO_DECAY_MS, settlement)
 
-    assert await lua.client.script_exists(*shas) == [True, True, True]
+    assert await lua.client.script_exists(*shas) == [True, True]
     assert await lua.usage() == pytest.approx({"a": 9.0})
 
 

@@ -282,8 +282,6 @@ def test_route_plugin_beats_service_plugin_beats_global_plugin() -> None:
         ("balancer.algorithm", "priority"),
         ("balancer.algorithm", "least-connections"),
         ("balancer.tokens_count_strategy", "llm-accuracy"),
-        ("balancer.max_fails", 3),
-        ("balancer.fail_timeout", 5000),
         ("balancer.latency_strategy", "e2e"),
         ("balancer.hash_on_header", "X-User"),
         ("balancer.slots", 100),
@@ -306,6 +304,16 @@ def test_unsupported_setting_is_rejected_at_its_path(setting: str, value: Any) -
     [error] = errors_of(with_setting(setting, value))
     assert error.path == f"{P0}.{setting}"
     assert "not supported yet" in error.message
+
+
+def test_circuit_breaker_settings_compile() -> None:
+    config = seed_config()
+    config["balancer"] = {"max_fails": 3, "fail_timeout": 5000}
+    plan = only_plan(compile_doc(global_doc(config)))
+    assert (plan.max_fails, plan.fail_timeout_ms) == (3, 5000)
+    # Kong's defaults: off, 10 s.
+    default = only_plan(compile_doc(global_doc(seed_config())))
+    assert (default.max_fails, default.fail_timeout_ms) == (0, 10000)
 
 
 def test_supported_settings_of_the_same_fields_compile() -> None:
@@ -533,9 +541,12 @@ def test_two_global_plugins_are_an_error() -> None:
 
 
 def test_plugin_with_a_dangling_reference_still_has_its_config_checked() -> None:
-    doc = with_setting("balancer.max_fails", 3)
+    doc = with_setting("targets[1].model.options.top_k", 40)
     doc["plugins"][0]["route"] = "ghost"
-    assert [e.path for e in errors_of(doc)] == ["plugins[0].route", f"{P0}.balancer.max_fails"]
+    assert [e.path for e in errors_of(doc)] == [
+        "plugins[0].route",
+        f"{P0}.targets[1].model.options.top_k",
+    ]
 
 
 def test_disabled_plugin_is_skipped() -> None:

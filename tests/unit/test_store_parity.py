@@ -61,7 +61,9 @@ class StoreHarness:
     ) -> Selection:
         selection = await self.store.select(KEYS, algorithm, HALF_LIFE_MS, candidates)
         return msgspec.structs.replace(
-            selection, reserved_at_ms=selection.reserved_at_ms + self.offset_ms
+            selection,
+            reserved_at_ms=selection.reserved_at_ms + self.offset_ms,
+            retry_at_ms=selection.retry_at_ms + self.offset_ms if selection.retry_at_ms else 0,
         )
 
     async def settle(
@@ -73,6 +75,10 @@ class StoreHarness:
         reserved: float | None = None,
         failed: bool = False,
         cost: float = 0.0,
+        breaker_failure: bool = False,
+        max_fails: int = 0,
+        fail_timeout_ms: int = 10_000,
+        retry_after_ms: int = 0,
     ) -> None:
         settlement = Settlement(
             target_id=target.target_id,
@@ -84,6 +90,10 @@ class StoreHarness:
             cost=cost,
             failed=failed,
             backend=selection.backend,
+            breaker_failure=breaker_failure,
+            max_fails=max_fails,
+            fail_timeout_ms=fail_timeout_ms,
+            retry_after_ms=retry_after_ms,
         )
         await self.store.settle(KEYS, HALF_LIFE_MS, settlement)
 
@@ -113,6 +123,10 @@ class RedisHarness(StoreHarness):
         # (now - epoch) grows by ms; reservation times are shifted with it on settle.
         if await self.client.hexists(KEYS.meta, "epoch_ms"):
             await self.client.hincrby(KEYS.meta, "epoch_ms", -ms)
+        # Every absolute server time the scripts stored moves back by as much.
+        for field in await self.client.hkeys(KEYS.breaker):
+            if field.endswith((":until", ":since")):
+                await self.client.hincrby(KEYS.breaker, field, -ms)
         self.offset_ms += ms
 
 
@@ -281,6 +295,63 @@ async def test_no_eligible_target(harness: StoreHarness) -> None:
         assert (await harness.select([a], algorithm)).index is None
         assert (await harness.select([], algorithm)).index is None
     assert await harness.usage(["a"]) == [0.0]
+
+
+@pytest.mark.parametrize("algorithm", ["lowest-usage", "round-robin"])
+async def test_circuit_breaker_opens_skips_and_closes(
+    harness: StoreHarness, algorithm: Algorithm
+) -> None:
+    a, b = candidate("a", 1, 10.0), candidate("b", 1, 10.0)
+    policy = {"breaker_failure": True, "max_fails": 2, "fail_timeout_ms": 5_000}
+
+    # Failures count in total: a success in between does not reset them.
+    await harness.settle(a, await harness.select([a], algorithm), 0.0, failed=True, **policy)
+    await harness.settle(a, await harness.select([a], algorithm), 10.0)
+    assert (await harness.select([a], algorithm)).index == 0  # one failure so far: still in
+    opened = await harness.select([a], algorithm)
+    await harness.settle(a, opened, 0.0, failed=True, **policy)
+
+    # Out for fail_timeout: every selection skips it; alone, it is reported as broken.
+    assert [(await harness.select([a, b], algorithm)).index for _ in range(3)] == [1, 1, 1]
+    alone = await harness.select([a], algorithm)
+    assert (alone.index, alone.blocked) == (None, "broken")
+    assert alone.retry_at_ms - opened.reserved_at_ms == pytest.approx(5_000, abs=50)
+    # A failure that does not count (say a 404) changes nothing.
+    await harness.advance(4_000)
+    uncounted = {**policy, "breaker_failure": False}
+    await harness.settle(b, await harness.select([b], algorithm), 0.0, failed=True, **uncounted)
+    assert (await harness.select([a], algorithm)).index is None
+
+    await harness.advance(1_100)
+    back = await harness.select([a], algorithm)
+    assert (back.index, back.blocked, back.retry_at_ms) == (0, "", 0)
+
+
+async def test_failures_further_apart_than_fail_timeout_do_not_open(
+    harness: StoreHarness,
+) -> None:
+    a = candidate("a", 1, 10.0)
+    policy = {"breaker_failure": True, "max_fails": 2, "fail_timeout_ms": 1_000}
+    for _ in range(3):
+        await harness.settle(a, await harness.select([a]), 0.0, failed=True, **policy)
+        await harness.advance(1_000)
+    assert (await harness.select([a])).index == 0
+
+
+async def test_retry_after_holds_a_target_out_without_max_fails(harness: StoreHarness) -> None:
+    a, b = candidate("a", 1, 10.0), candidate("b", 1, 10.0)
+    limited = await harness.select([a, b], "round-robin")
+    assert limited.index == 0
+    await harness.settle(a, limited, 0.0, failed=True, retry_after_ms=20_000)
+    await harness.settle(b, await harness.select([b]), 0.0, failed=True, retry_after_ms=5_000)
+
+    both = await harness.select([a, b], "round-robin")
+    assert (both.index, both.blocked) == (None, "broken")
+    assert both.retry_at_ms - limited.reserved_at_ms == pytest.approx(5_000, abs=50)
+    await harness.advance(6_000)
+    assert [(await harness.select([a, b], "round-robin")).index for _ in range(2)] == [1, 1]
+    await harness.advance(15_000)
+    assert (await harness.select([a], "round-robin")).index == 0
 
 
 # ResilientStore --------------------------------------------------------------------------

@@ -31,7 +31,9 @@ _METHODS: list[Any] = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def _proxy_error(_: Request[Any, Any, Any], exc: ProxyError) -> Response[bytes]:
-    return Response(exc.body(), status_code=exc.status_code, media_type="application/json")
+    return Response(
+        exc.body(), status_code=exc.status_code, headers=exc.headers, media_type="application/json"
+    )
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:

@@ -59,10 +59,18 @@ class ProxyError(Exception):
     error_type = "api_error"
     code: str | None = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        #: Response headers to send with the error (e.g. Retry-After).
+        self.headers = headers or {}
 
     def body(self) -> bytes:
         return error_body(self.message, self.error_type, self.code, self.param)

@@ -36,7 +36,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.:@/-]")
 class BalancerKeys(msgspec.Struct, frozen=True):
     """The keys of one balancer."""
 
-    #: Sorted set, target id -> forward-decayed usage (see lua/select_lowest_usage.lua).
+    #: Sorted set, target id -> forward-decayed usage (see lua/select_target.lua).
     usage: str
     #: Hash with the decay epoch.
     meta: str
@@ -50,6 +50,9 @@ class BalancerKeys(msgspec.Struct, frozen=True):
     targets: str
     #: Prefix of the per-minute rollup hashes: ``<rollup_prefix><unix minute>``.
     rollup_prefix: str
+    #: Hash, circuit breaker state per target: "<target id>:until" (out of rotation until,
+    #: ms), "<target id>:fails" and "<target id>:since" (failures in the current window).
+    breaker: str
 
     def rollup(self, minute: int) -> str:
         """The rollup hash of the minute starting at ``minute * 60`` (Unix seconds)."""
@@ -68,6 +71,7 @@ def balancer_keys(balancer_id: str) -> BalancerKeys:
         events=f"{base}:events",
         targets=f"{base}:targets",
         rollup_prefix=f"{base}:rollup:",
+        breaker=f"{base}:breaker",
     )
 
 

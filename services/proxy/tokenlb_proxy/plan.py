@@ -86,6 +86,10 @@ class BalancerPlan:
     targets: tuple[UpstreamTarget, ...]
     #: model name or alias -> indexes of the targets that serve it.
     by_model: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Circuit breaker: failures within ``fail_timeout_ms`` that take a target out of
+    #: rotation for ``fail_timeout_ms`` (0: off).
+    max_fails: int = 0
+    fail_timeout_ms: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

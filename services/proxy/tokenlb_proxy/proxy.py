@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from tokenlb_proxy.errors import (
     UpstreamTimeout,
 )
 from tokenlb_proxy.events import UsageEvent
+from tokenlb_proxy.health import counts_as_failure, retry_after_ms
 from tokenlb_proxy.plan import BalancerPlan, Gateway, UpstreamTarget
 from tokenlb_proxy.routing import match_route
 from tokenlb_proxy.stats_log import write_kong_log
@@ -188,6 +190,8 @@ class ProxyService:
                 plan.keys, plan.algorithm, plan.half_life_ms, candidates
             )
             if selection.index is None:
+                if last_failure is None and selection.blocked:
+                    raise _nothing_available(selection)
                 break
             target = plan.targets[selection.index]
             tried.add(target.index)
@@ -366,7 +370,12 @@ class ProxyService:
         criterion = f"http_{response.status_code}"
         failover = criterion in exchange.plan.failover_criteria
         await self._settle_failure(
-            exchange, attempt, criterion, response.status_code, final=not failover
+            exchange,
+            attempt,
+            criterion,
+            response.status_code,
+            final=not failover,
+            retry_after_ms=retry_after_ms(response.headers) if response.status_code == 429 else 0,
         )
         passthrough = Response(
             body,
@@ -491,10 +500,19 @@ class ProxyService:
         self._spawn(self._settle(plan, settlement))
 
     async def _settle_failure(
-        self, exchange: _Exchange, attempt: _Attempt, error: str, status: int, *, final: bool
+        self,
+        exchange: _Exchange,
+        attempt: _Attempt,
+        error: str,
+        status: int,
+        *,
+        final: bool,
+        retry_after_ms: int = 0,
     ) -> None:
-        """Release a failed attempt's reservation before choosing again."""
+        """Release a failed attempt's reservation before choosing again, and feed the
+        circuit breaker (``max_fails``; an upstream 429's ``Retry-After``)."""
         final = final or attempt.last_possible
+        plan = exchange.plan
         event = self._event(
             exchange,
             attempt,
@@ -508,7 +526,7 @@ class ProxyService:
             response_payload=None,
         )
         await self._settle(
-            exchange.plan,
+            plan,
             Settlement(
                 target_id=attempt.target.target_id,
                 reserved=attempt.reserved,
@@ -520,6 +538,10 @@ class ProxyService:
                 failed=True,
                 backend=attempt.selection.backend,
                 event=event,
+                breaker_failure=counts_as_failure(error, plan.failover_criteria),
+                max_fails=plan.max_fails,
+                fail_timeout_ms=plan.fail_timeout_ms,
+                retry_after_ms=retry_after_ms,
             ),
         )
 
@@ -544,6 +566,17 @@ class ProxyService:
         """Wait for every background settle (on shutdown)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _nothing_available(selection: Selection) -> ProxyError:
+    """Every target that could serve the request is out of rotation: 503 with Retry-After
+    set to when the first of them returns (Kong answers 500 with no hint)."""
+    wait_s = max(1, math.ceil((selection.retry_at_ms - selection.reserved_at_ms) / 1000))
+    return NoTargetAvailable(
+        "every target for this request is out of rotation (circuit breaker open or upstream "
+        f"rate limit); the first returns in {wait_s} s",
+        headers={"retry-after": str(wait_s)},
+    )
 
 
 async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:

@@ -214,6 +214,8 @@ def _compile_plugin(
         model_name_header=config.model_name_header,
         targets=targets,
         by_model={name: tuple(indexes) for name, indexes in by_model.items()},
+        max_fails=balancer.max_fails,
+        fail_timeout_ms=balancer.fail_timeout,
     )
 
 

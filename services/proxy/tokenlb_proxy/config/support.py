@@ -29,8 +29,6 @@ _UNSUPPORTED_BALANCER_FIELDS = (
     "latency_strategy",
     "hash_on_header",
     "slots",
-    "max_fails",
-    "fail_timeout",
 )
 _UNSUPPORTED_OPTION_FIELDS = (
     "top_k",

@@ -54,6 +54,11 @@ class Selection(msgspec.Struct, frozen=True):
     score: float
     #: Which store made the reservation ("redis" or "local"); settle on the same one.
     backend: str = "local"
+    #: Why nothing was chosen although some candidate was eligible: "broken" (every one
+    #: is out of rotation); "" otherwise.
+    blocked: str = ""
+    #: With ``blocked``: store time (ms) when the first of them is back in rotation.
+    retry_at_ms: int = 0
 
 
 class Settlement(msgspec.Struct, frozen=True):
@@ -72,6 +77,13 @@ class Settlement(msgspec.Struct, frozen=True):
     backend: str = "local"
     #: The attempt's usage event for the aggregators (None: emission is off).
     event: UsageEvent | None = None
+    #: This failure counts towards the circuit breaker's ``max_fails``.
+    breaker_failure: bool = False
+    #: ``balancer.max_fails`` (0: the breaker is off) and ``fail_timeout`` (ms).
+    max_fails: int = 0
+    fail_timeout_ms: int = 10_000
+    #: An upstream 429's Retry-After in ms: the target is out of rotation that long.
+    retry_after_ms: int = 0
 
 
 class TargetTotals(msgspec.Struct):

@@ -29,8 +29,19 @@ def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Breaker:
+    """One target's circuit breaker (the fields of the breaker hash in Redis)."""
+
+    __slots__ = ("fails", "since_ms", "until_ms")
+
+    def __init__(self) -> None:
+        self.until_ms = 0
+        self.fails = 0
+        self.since_ms: int | None = None
+
+
 class _BalancerState:
-    __slots__ = ("epoch_ms", "minutes", "round_robin", "targets", "totals", "usage")
+    __slots__ = ("breakers", "epoch_ms", "minutes", "round_robin", "targets", "totals", "usage")
 
     def __init__(self) -> None:
         self.usage: dict[str, float] = {}
@@ -40,6 +51,7 @@ class _BalancerState:
         self.targets: dict[str, str] = {}
         #: minute -> rollup, for as long as ``rollup_retention_s``.
         self.minutes: dict[int, MinuteRollup] = {}
+        self.breakers: dict[str, _Breaker] = {}
 
 
 class LocalStore:
@@ -86,11 +98,37 @@ class LocalStore:
     ) -> Selection:
         state = self._state(keys)
         now_ms = self._clock_ms()
-        if algorithm == "round-robin":
-            return Selection(self._round_robin(state, candidates), now_ms, 0.0)
-        exponent = self._exponent(state, now_ms, half_life_ms)
+        exponent = 0.0
+        if algorithm == "lowest-usage":
+            exponent = self._exponent(state, now_ms, half_life_ms)
         if not candidates:
             return Selection(None, now_ms, 0.0)
+        available: list[bool] = []
+        blocked, retry_at_ms = "", 0
+        for c in candidates:
+            breaker = state.breakers.get(c.target_id)
+            until_ms = breaker.until_ms if breaker is not None else 0
+            broken = c.eligible and until_ms > now_ms
+            if broken and (retry_at_ms == 0 or until_ms < retry_at_ms):
+                blocked, retry_at_ms = "broken", until_ms
+            available.append(c.eligible and not broken)
+        best: int | None = None
+        best_score = 0.0
+        if algorithm == "lowest-usage":
+            best, best_score = self._lowest_usage(state, candidates, available, exponent)
+        elif any(available):
+            best = self._round_robin(state, candidates, available)
+        if best is None:
+            return Selection(None, now_ms, 0.0, blocked=blocked, retry_at_ms=retry_at_ms)
+        return Selection(best, now_ms, best_score)
+
+    @staticmethod
+    def _lowest_usage(
+        state: _BalancerState,
+        candidates: Sequence[Candidate],
+        available: Sequence[bool],
+        exponent: float,
+    ) -> tuple[int | None, float]:
         known = [
             state.usage[c.target_id] / c.weight for c in candidates if c.target_id in state.usage
         ]
@@ -100,25 +138,27 @@ class LocalStore:
         best: int | None = None
         best_score = 0.0
         for index, c in enumerate(candidates):
-            if not c.eligible:
+            if not available[index]:
                 continue
             score = state.usage[c.target_id] / c.weight
             if best is None or score < best_score:
                 best, best_score = index, score
         if best is None:
-            return Selection(None, now_ms, 0.0)
+            return None, 0.0
         chosen = candidates[best]
         if chosen.estimate > 0:
             state.usage[chosen.target_id] += chosen.estimate * 2.0**exponent
-        return Selection(best, now_ms, best_score * 2.0 ** (-exponent))
+        return best, best_score * 2.0 ** (-exponent)
 
     @staticmethod
-    def _round_robin(state: _BalancerState, candidates: Sequence[Candidate]) -> int | None:
+    def _round_robin(
+        state: _BalancerState, candidates: Sequence[Candidate], available: Sequence[bool]
+    ) -> int | None:
         best: int | None = None
         best_current = 0
         total = 0
         for index, c in enumerate(candidates):
-            if not c.eligible:
+            if not available[index]:
                 continue
             total += c.weight
             current = state.round_robin.get(c.target_id, 0) + c.weight
@@ -151,6 +191,28 @@ class LocalStore:
         totals.cost += settlement.cost
         if settlement.event is not None:
             self._add_to_rollup(state, settlement)
+        self._feed_breaker(state, settlement, now_ms)
+
+    @staticmethod
+    def _feed_breaker(state: _BalancerState, settlement: Settlement, now_ms: int) -> None:
+        """record_usage.lua's circuit breaker, step for step."""
+        out_until_ms = 0
+        if settlement.retry_after_ms > 0:
+            out_until_ms = now_ms + settlement.retry_after_ms
+        breaker = state.breakers.get(settlement.target_id)
+        if settlement.breaker_failure and settlement.max_fails > 0:
+            if breaker is None:
+                breaker = state.breakers[settlement.target_id] = _Breaker()
+            if breaker.since_ms is None or now_ms - breaker.since_ms >= settlement.fail_timeout_ms:
+                breaker.fails, breaker.since_ms = 0, now_ms
+            breaker.fails += 1
+            if breaker.fails >= settlement.max_fails:
+                out_until_ms = max(out_until_ms, now_ms + settlement.fail_timeout_ms)
+                breaker.fails, breaker.since_ms = 0, None
+        if out_until_ms > 0:
+            if breaker is None:
+                breaker = state.breakers[settlement.target_id] = _Breaker()
+            breaker.until_ms = max(breaker.until_ms, out_until_ms)
 
     def _add_to_rollup(self, state: _BalancerState, settlement: Settlement) -> None:
         """What the aggregator does for Redis, done in place: there is no stream here."""

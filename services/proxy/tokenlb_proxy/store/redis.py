@@ -53,12 +53,7 @@ class RedisStore:
         self.emit_events = emit_events
         self._roll_after = str(roll_after)
         self._stream_max_len = str(stream_max_len)
-        self._select_lowest_usage: AsyncScript = client.register_script(
-            lua_source("select_lowest_usage")
-        )
-        self._select_round_robin: AsyncScript = client.register_script(
-            lua_source("select_round_robin")
-        )
+        self._select_target: AsyncScript = client.register_script(lua_source("select_target"))
         self._record_usage: AsyncScript = client.register_script(lua_source("record_usage"))
 
     async def select(
@@ -68,29 +63,27 @@ class RedisStore:
         half_life_ms: int,
         candidates: Sequence[Candidate],
     ) -> Selection:
-        args: list[str | int | float]
-        if algorithm == "round-robin":
-            args = [len(candidates)]
-            for c in candidates:
-                args += [c.target_id, c.weight, "1" if c.eligible else "0"]
-            reply = await self._select_round_robin(keys=[keys.round_robin], args=args)
-        else:
-            args = [half_life_ms, self._roll_after, len(candidates)]
-            for c in candidates:
-                args += [c.target_id, c.weight, repr(c.estimate), "1" if c.eligible else "0"]
-            reply = await self._select_lowest_usage(keys=[keys.usage, keys.meta], args=args)
+        args: list[str | int | float] = [algorithm, half_life_ms, self._roll_after]
+        args.append(len(candidates))
+        for c in candidates:
+            args += [c.target_id, c.weight, repr(c.estimate), "1" if c.eligible else "0"]
+        reply = await self._select_target(
+            keys=[keys.usage, keys.meta, keys.round_robin, keys.breaker], args=args
+        )
         index = int(reply[0])
         return Selection(
             index=index - 1 if index > 0 else None,
             reserved_at_ms=int(reply[1]),
             score=float(reply[2]),
             backend=self.kind,
+            blocked=str(reply[3]),
+            retry_at_ms=int(reply[4]),
         )
 
     async def settle(self, keys: BalancerKeys, half_life_ms: int, settlement: Settlement) -> None:
         event = settlement.event
         await self._record_usage(
-            keys=[keys.usage, keys.meta, keys.totals, keys.events],
+            keys=[keys.usage, keys.meta, keys.totals, keys.events, keys.breaker],
             args=[
                 settlement.target_id,
                 half_life_ms,
@@ -104,6 +97,10 @@ class RedisStore:
                 self._roll_after,
                 encode_event(event) if event is not None and self.emit_events else "",
                 self._stream_max_len,
+                "1" if settlement.breaker_failure else "0",
+                settlement.max_fails,
+                settlement.fail_timeout_ms,
+                settlement.retry_after_ms,
             ],
         )
 

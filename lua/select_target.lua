@@ -1,0 +1,161 @@
+-- select_target.lua: choose a target for one request and reserve it, atomically, for the
+-- whole fleet.
+--
+-- Every algorithm shares the same first step: of the targets the proxy marked eligible
+-- (right model, not tried yet), drop those the circuit breaker holds out of rotation
+-- (failures recorded by record_usage.lua, or an upstream 429's Retry-After). The
+-- algorithm then chooses among what is left:
+--   lowest-usage  the lowest forward-decayed usage per unit of weight; the request's
+--                 estimate is reserved on the choice. Usage is stored as
+--                 amount * 2^((t - epoch) / half_life); every member shares the epoch, so
+--                 comparing stored scores compares decayed usage at any instant. When the
+--                 factor passes 2^roll_after the epoch moves to now and every member is
+--                 rescaled. A target the set has never seen starts at the average usage
+--                 per weight of the others (slow start). Ties go to the earlier target.
+--   round-robin   nginx's smooth weighted round-robin with the current weights kept here,
+--                 so every replica advances one fleet-wide sequence.
+--
+-- KEYS[1]  usage sorted set: member = target id, score = forward-decayed usage (raw, not
+--          divided by weight, so a weight change applies at once)
+-- KEYS[2]  meta hash: field epoch_ms = decay epoch (Redis server time, milliseconds)
+-- KEYS[3]  round-robin hash: target id -> current weight (integer)
+-- KEYS[4]  breaker hash: "<target id>:until" -> out of rotation until (ms), written by
+--          record_usage.lua
+-- ARGV[1]  algorithm      "lowest-usage" or "round-robin"
+-- ARGV[2]  half_life_ms   decay half-life in milliseconds (> 0)
+-- ARGV[3]  roll_after     rescale when (now - epoch) / half_life exceeds this (half-lives)
+-- ARGV[4]  count          number of targets that follow
+-- ARGV[5..] count groups of 4: target_id, weight (integer > 0), estimate (counted units,
+--          >= 0), eligible ("1" may be chosen, "0" only takes part in the slow-start
+--          average)
+--
+-- Returns {index, now_ms, score, blocked, retry_at_ms}: index is the 1-based position of
+-- the chosen target in the ARGV list (0 when none); now_ms the server time of the
+-- reservation (pass it back to record_usage.lua); score the chosen target's decayed usage
+-- per unit of weight before the reservation, as a string (Lua numbers would be truncated);
+-- when nothing was chosen although some target was eligible, blocked = "broken" and
+-- retry_at_ms the soonest time one of them returns to rotation, else "" and 0.
+
+local algorithm = ARGV[1]
+local half_life_ms = tonumber(ARGV[2])
+local roll_after = tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
+
+local GROUP = 4
+local ids, weights, estimates, eligible = {}, {}, {}, {}
+for i = 1, count do
+  local base = 4 + (i - 1) * GROUP
+  ids[i] = ARGV[base + 1]
+  weights[i] = tonumber(ARGV[base + 2])
+  estimates[i] = tonumber(ARGV[base + 3])
+  eligible[i] = ARGV[base + 4] == "1"
+end
+
+local time = redis.call("TIME")
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+-- The decay epoch (lowest-usage only): created on first use, rolled when it grows old.
+local exponent = 0
+if algorithm == "lowest-usage" then
+  local epoch_ms = tonumber(redis.call("HGET", KEYS[2], "epoch_ms"))
+  if epoch_ms == nil then
+    epoch_ms = now_ms
+    redis.call("HSET", KEYS[2], "epoch_ms", epoch_ms)
+  end
+  exponent = (now_ms - epoch_ms) / half_life_ms
+  if exponent > roll_after then
+    local shrink = 2 ^ (-exponent)
+    local members = redis.call("ZRANGE", KEYS[1], 0, -1, "WITHSCORES")
+    for i = 1, #members, 2 do
+      redis.call("ZADD", KEYS[1], tonumber(members[i + 1]) * shrink, members[i])
+    end
+    exponent = 0
+    redis.call("HSET", KEYS[2], "epoch_ms", now_ms)
+  end
+end
+
+if count == 0 then
+  return {0, now_ms, "0", "", 0}
+end
+
+-- Circuit breaker: an eligible target whose "until" lies ahead is out of rotation.
+local fields = {}
+for i = 1, count do
+  fields[i] = ids[i] .. ":until"
+end
+local untils = redis.call("HMGET", KEYS[4], unpack(fields))
+local available = {}
+local any_available = false
+local blocked, retry_at_ms = "", 0
+for i = 1, count do
+  if eligible[i] then
+    local until_ms = tonumber(untils[i])
+    if until_ms ~= nil and until_ms > now_ms then
+      if retry_at_ms == 0 or until_ms < retry_at_ms then
+        blocked, retry_at_ms = "broken", until_ms
+      end
+    else
+      available[i] = true
+      any_available = true
+    end
+  end
+end
+
+local best, best_score = 0, 0
+if algorithm == "lowest-usage" then
+  -- Slow start: a target the set has never seen starts at the average weighted usage of
+  -- the targets it has, so a newly added target is not flooded with every request.
+  local scores = redis.call("ZMSCORE", KEYS[1], unpack(ids))
+  local known_sum, known_count = 0, 0
+  for i = 1, count do
+    if scores[i] then
+      known_sum = known_sum + tonumber(scores[i]) / weights[i]
+      known_count = known_count + 1
+    end
+  end
+  local average = 0
+  if known_count > 0 then
+    average = known_sum / known_count
+  end
+  for i = 1, count do
+    if scores[i] then
+      scores[i] = tonumber(scores[i])
+    else
+      scores[i] = average * weights[i]
+      redis.call("ZADD", KEYS[1], scores[i], ids[i])
+    end
+  end
+  -- Lowest usage per unit of weight wins; ties go to the earlier target, as in Kong. The
+  -- reservation below makes the next caller, on any replica, see this choice at once.
+  for i = 1, count do
+    if available[i] then
+      local score = scores[i] / weights[i]
+      if best == 0 or score < best_score then
+        best, best_score = i, score
+      end
+    end
+  end
+  if best > 0 and estimates[best] > 0 then
+    redis.call("ZINCRBY", KEYS[1], estimates[best] * 2 ^ exponent, ids[best])
+  end
+  best_score = best_score * 2 ^ (-exponent)
+elseif any_available then
+  -- Smooth weighted round-robin: add each available target's weight to its current
+  -- weight, pick the largest, subtract the available total from the pick.
+  local best_current, total = 0, 0
+  for i = 1, count do
+    if available[i] then
+      total = total + weights[i]
+      local current = redis.call("HINCRBY", KEYS[3], ids[i], weights[i])
+      if best == 0 or current > best_current then
+        best, best_current = i, current
+      end
+    end
+  end
+  redis.call("HINCRBY", KEYS[3], ids[best], -total)
+end
+
+if best == 0 then
+  return {0, now_ms, "0", blocked, retry_at_ms}
+end
+return {best, now_ms, tostring(best_score), "", 0}
