@@ -1,5 +1,6 @@
 -- record_usage.lua: settle one finished request: swap its reservation for the usage the
--- upstream reported, add it to the target's running totals, and feed the circuit breaker.
+-- upstream reported, add it to the target's running totals, return its in-flight lease,
+-- and feed the circuit breaker.
 --
 -- The reservation was added by select_target.lua at reserved_at_ms as
 -- reserved * 2^((reserved_at_ms - epoch) / half_life). If the epoch has moved since, the
@@ -23,6 +24,8 @@
 -- KEYS[4]  usage event stream (read by the aggregators)
 -- KEYS[5]  breaker hash: "<target_id>:until" (ms), "<target_id>:fails" (count),
 --          "<target_id>:since" (ms, start of the current failure window)
+-- KEYS[6]  in-flight leases sorted set (see select_target.lua)
+-- KEYS[7]  in-flight hash: target id -> number of unexpired leases
 -- ARGV[1]  target_id
 -- ARGV[2]  half_life_ms       decay half-life in milliseconds (> 0)
 -- ARGV[3]  reserved           counted units reserved at selection (0 for none)
@@ -41,6 +44,8 @@
 -- ARGV[14] max_fails          failures within fail_timeout_ms that open the breaker (0: off)
 -- ARGV[15] fail_timeout_ms    the failure window and the time out of rotation (ms, > 0)
 -- ARGV[16] retry_after_ms     an upstream 429's Retry-After, in ms from now (0: none)
+-- ARGV[17] lease_id           the in-flight lease select_target.lua took ("": none); it is
+--                             returned here, unless it expired and was swept already
 --
 -- Returns the target's decayed usage after settling, as a string.
 
@@ -60,6 +65,7 @@ local breaker_failure = ARGV[13] == "1"
 local max_fails = tonumber(ARGV[14])
 local fail_timeout_ms = tonumber(ARGV[15])
 local retry_after_ms = tonumber(ARGV[16])
+local lease_id = ARGV[17]
 
 local time = redis.call("TIME")
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -104,6 +110,12 @@ redis.call("HINCRBY", KEYS[3], target_id .. ":completion_tokens", completion_tok
 redis.call("HINCRBYFLOAT", KEYS[3], target_id .. ":cost", cost)
 if event ~= "" then
   redis.call("XADD", KEYS[4], "MAXLEN", "~", stream_max_len, "*", "e", event)
+end
+
+if lease_id ~= "" and redis.call("ZREM", KEYS[6], target_id .. "|" .. lease_id) == 1 then
+  if redis.call("HINCRBY", KEYS[7], target_id, -1) <= 0 then
+    redis.call("HDEL", KEYS[7], target_id)
+  end
 end
 
 local out_until_ms = 0

@@ -14,6 +14,13 @@
 --                 per weight of the others (slow start). Ties go to the earlier target.
 --   round-robin   nginx's smooth weighted round-robin with the current weights kept here,
 --                 so every replica advances one fleet-wide sequence.
+--   least-connections  the fewest in-flight requests per unit of weight across the fleet,
+--                 scored (in_flight + 1) / weight as Kong does (so an idle fleet prefers
+--                 the heaviest target); ties rotate by the smooth round-robin above. The
+--                 choice takes an in-flight lease that record_usage.lua returns when the
+--                 request ends. A lease also expires by itself lease_ms after it was taken:
+--                 the requests of a replica that crashed stop counting then, and nothing
+--                 leaks. Expired leases are swept here, before counting.
 --
 -- KEYS[1]  usage sorted set: member = target id, score = forward-decayed usage (raw, not
 --          divided by weight, so a weight change applies at once)
@@ -21,34 +28,40 @@
 -- KEYS[3]  round-robin hash: target id -> current weight (integer)
 -- KEYS[4]  breaker hash: "<target id>:until" -> out of rotation until (ms), written by
 --          record_usage.lua
--- ARGV[1]  algorithm      "lowest-usage" or "round-robin"
+-- KEYS[5]  in-flight leases sorted set: member "<target id>|<lease id>", score = the
+--          lease's expiry (ms)
+-- KEYS[6]  in-flight hash: target id -> number of unexpired leases
+-- ARGV[1]  algorithm      "lowest-usage", "round-robin" or "least-connections"
 -- ARGV[2]  half_life_ms   decay half-life in milliseconds (> 0)
 -- ARGV[3]  roll_after     rescale when (now - epoch) / half_life exceeds this (half-lives)
 -- ARGV[4]  count          number of targets that follow
--- ARGV[5..] count groups of 4: target_id, weight (integer > 0), estimate (counted units,
+-- ARGV[5..] count groups of 5: target_id, weight (integer > 0), estimate (counted units,
 --          >= 0), eligible ("1" may be chosen, "0" only takes part in the slow-start
---          average)
+--          average), lease_ms (how long an in-flight lease on it lives, ms; > 0)
 --
--- Returns {index, now_ms, score, blocked, retry_at_ms}: index is the 1-based position of
--- the chosen target in the ARGV list (0 when none); now_ms the server time of the
--- reservation (pass it back to record_usage.lua); score the chosen target's decayed usage
--- per unit of weight before the reservation, as a string (Lua numbers would be truncated);
--- when nothing was chosen although some target was eligible, blocked = "broken" and
--- retry_at_ms the soonest time one of them returns to rotation, else "" and 0.
+-- Returns {index, now_ms, score, blocked, retry_at_ms, lease_id}: index is the 1-based
+-- position of the chosen target in the ARGV list (0 when none); now_ms the server time of
+-- the reservation (pass it back to record_usage.lua); score, as a string (Lua numbers
+-- would be truncated), the chosen target's decayed usage per unit of weight before the
+-- reservation (lowest-usage) or its in-flight count before this request
+-- (least-connections), else "0"; when nothing was chosen although some target was
+-- eligible, blocked = "broken" and retry_at_ms the soonest time one of them returns to
+-- rotation, else "" and 0; lease_id the in-flight lease taken ("" when none).
 
 local algorithm = ARGV[1]
 local half_life_ms = tonumber(ARGV[2])
 local roll_after = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
 
-local GROUP = 4
-local ids, weights, estimates, eligible = {}, {}, {}, {}
+local GROUP = 5
+local ids, weights, estimates, eligible, lease_ms = {}, {}, {}, {}, {}
 for i = 1, count do
   local base = 4 + (i - 1) * GROUP
   ids[i] = ARGV[base + 1]
   weights[i] = tonumber(ARGV[base + 2])
   estimates[i] = tonumber(ARGV[base + 3])
   eligible[i] = ARGV[base + 4] == "1"
+  lease_ms[i] = tonumber(ARGV[base + 5])
 end
 
 local time = redis.call("TIME")
@@ -75,7 +88,7 @@ if algorithm == "lowest-usage" then
 end
 
 if count == 0 then
-  return {0, now_ms, "0", "", 0}
+  return {0, now_ms, "0", "", 0, ""}
 end
 
 -- Circuit breaker: an eligible target whose "until" lies ahead is out of rotation.
@@ -101,7 +114,27 @@ for i = 1, count do
   end
 end
 
+-- Smooth weighted round-robin over the targets marked in `among`: add each one's weight to
+-- its current weight, pick the largest, subtract their total from the pick.
+local function round_robin(among)
+  local pick, pick_current, total = 0, 0, 0
+  for i = 1, count do
+    if among[i] then
+      total = total + weights[i]
+      local current = redis.call("HINCRBY", KEYS[3], ids[i], weights[i])
+      if pick == 0 or current > pick_current then
+        pick, pick_current = i, current
+      end
+    end
+  end
+  if pick > 0 then
+    redis.call("HINCRBY", KEYS[3], ids[pick], -total)
+  end
+  return pick
+end
+
 local best, best_score = 0, 0
+local lease_id = ""
 if algorithm == "lowest-usage" then
   -- Slow start: a target the set has never seen starts at the average weighted usage of
   -- the targets it has, so a newly added target is not flooded with every request.
@@ -139,23 +172,43 @@ if algorithm == "lowest-usage" then
     redis.call("ZINCRBY", KEYS[1], estimates[best] * 2 ^ exponent, ids[best])
   end
   best_score = best_score * 2 ^ (-exponent)
-elseif any_available then
-  -- Smooth weighted round-robin: add each available target's weight to its current
-  -- weight, pick the largest, subtract the available total from the pick.
-  local best_current, total = 0, 0
+elseif algorithm == "least-connections" and any_available then
+  -- Sweep the leases that expired (their replica died or never settled).
+  local expired = redis.call("ZRANGEBYSCORE", KEYS[5], "-inf", now_ms)
+  if #expired > 0 then
+    for _, member in ipairs(expired) do
+      local target_id = string.match(member, "^(.*)|[^|]*$")
+      if redis.call("HINCRBY", KEYS[6], target_id, -1) <= 0 then
+        redis.call("HDEL", KEYS[6], target_id)
+      end
+    end
+    redis.call("ZREMRANGEBYSCORE", KEYS[5], "-inf", now_ms)
+  end
+  local in_flight = redis.call("HMGET", KEYS[6], unpack(ids))
+  local lowest = nil
   for i = 1, count do
+    in_flight[i] = tonumber(in_flight[i]) or 0
     if available[i] then
-      total = total + weights[i]
-      local current = redis.call("HINCRBY", KEYS[3], ids[i], weights[i])
-      if best == 0 or current > best_current then
-        best, best_current = i, current
+      local score = (in_flight[i] + 1) / weights[i]
+      if lowest == nil or score < lowest then
+        lowest = score
       end
     end
   end
-  redis.call("HINCRBY", KEYS[3], ids[best], -total)
+  local tied = {}
+  for i = 1, count do
+    tied[i] = available[i] and (in_flight[i] + 1) / weights[i] == lowest
+  end
+  best = round_robin(tied)
+  best_score = in_flight[best]
+  lease_id = tostring(redis.call("HINCRBY", KEYS[2], "lease_seq", 1))
+  redis.call("ZADD", KEYS[5], now_ms + lease_ms[best], ids[best] .. "|" .. lease_id)
+  redis.call("HINCRBY", KEYS[6], ids[best], 1)
+elseif any_available then
+  best = round_robin(available)
 end
 
 if best == 0 then
-  return {0, now_ms, "0", blocked, retry_at_ms}
+  return {0, now_ms, "0", blocked, retry_at_ms, ""}
 end
-return {best, now_ms, tostring(best_score), "", 0}
+return {best, now_ms, tostring(best_score), "", 0, lease_id}

@@ -24,16 +24,29 @@ from tokenlb_proxy.store.redis import connect_redis
 
 KEYS = balancer_keys("lua-tests")
 SCRIPT_NAMES = ("select_target", "record_usage")
-SELECT_KEYS = [KEYS.usage, KEYS.meta, KEYS.round_robin, KEYS.breaker]
-RECORD_KEYS = [KEYS.usage, KEYS.meta, KEYS.totals, KEYS.events, KEYS.breaker]
+SELECT_KEYS = [KEYS.usage, KEYS.meta, KEYS.round_robin, KEYS.breaker, KEYS.leases]
+SELECT_KEYS.append(KEYS.in_flight)
+RECORD_KEYS = [KEYS.usage, KEYS.meta, KEYS.totals, KEYS.events, KEYS.breaker, KEYS.leases]
+RECORD_KEYS.append(KEYS.in_flight)
 #: A half-life so long that decay over a test is below float noise (~1e-11 relative).
 NO_DECAY_MS = 10**12
 
 
 def candidate(
-    target_id: str, weight: int = 1, estimate: float = 0.0, *, eligible: bool = True
+    target_id: str,
+    weight: int = 1,
+    estimate: float = 0.0,
+    *,
+    eligible: bool = True,
+    lease_ms: int = 60_000,
 ) -> Candidate:
-    return Candidate(target_id=target_id, weight=weight, estimate=estimate, eligible=eligible)
+    return Candidate(
+        target_id=target_id,
+        weight=weight,
+        estimate=estimate,
+        eligible=eligible,
+        lease_ms=lease_ms,
+    )
 
 
 class Scripts:
@@ -94,6 +107,7 @@ class Scripts:
             max_fails=max_fails,
             fail_timeout_ms=fail_timeout_ms,
             retry_after_ms=retry_after_ms,
+            lease_id=selection.lease_id,
         )
         await self.store.settle(KEYS, half_life_ms, settlement)
 
@@ -117,11 +131,12 @@ class Scripts:
         max_fails: int = 0,
         fail_timeout_ms: int = 10_000,
         retry_after_ms: int = 0,
+        lease_id: str = "",
     ) -> str:
         """record_usage.lua called raw, with every ARGV as Redis receives it."""
         args: list[str | int] = [target_id, NO_DECAY_MS, reserved, reserved_at_ms, actual]
         args += [prompt_tokens, completion_tokens, cost, failed, "20", event, "1000"]
-        args += [breaker_failure, max_fails, fail_timeout_ms, retry_after_ms]
+        args += [breaker_failure, max_fails, fail_timeout_ms, retry_after_ms, lease_id]
         reply = await self.raw("record_usage", RECORD_KEYS, args)
         return str(reply)
 
@@ -276,9 +291,9 @@ async def test_no_eligible_target_chooses_nothing_and_reserves_nothing(lua: Scri
     reply = await lua.raw(
         "select_target",
         SELECT_KEYS,
-        ["lowest-usage", NO_DECAY_MS, "20", 2, "a", 1, "5", "0", "b", 1, "5", "0"],
+        ["lowest-usage", NO_DECAY_MS, "20", 2, "a", 1, "5", "0", 1000, "b", 1, "5", "0", 1000],
     )
-    assert reply == [0, reply[1], "0", "", 0]
+    assert reply == [0, reply[1], "0", "", 0, ""]
 
 
 async def test_no_candidates_chooses_nothing(lua: Scripts) -> None:
@@ -722,6 +737,104 @@ async def test_record_usage_breaker_argv_raw(lua: Scripts) -> None:
         max_fails=1,
     )
     assert await out_until(lua, "b") is None
+
+
+# select_target.lua: least-connections --------------------------------------------------
+
+
+async def in_flight(lua: Scripts) -> dict[str, int]:
+    counts = await lua.client.hgetall(KEYS.in_flight)
+    return {target: int(count) for target, count in counts.items()}
+
+
+async def test_least_connections_keeps_in_flight_per_weight_even(lua: Scripts) -> None:
+    targets = [candidate("a", 2), candidate("b", 1)]
+
+    held = [await lua.select(targets, algorithm="least-connections") for _ in range(6)]
+
+    # (in_flight + 1) / weight: an idle fleet starts on the heavier target, and the
+    # counts climb in step with the weights.
+    assert [s.index for s in held[:2]] == [0, 0]
+    assert await in_flight(lua) == {"a": 4, "b": 2}
+    assert [s.score for s in held[:3]] == [0.0, 1.0, 0.0]
+    assert len({s.lease_id for s in held}) == 6
+    assert await lua.client.zcard(KEYS.leases) == 6
+
+
+async def test_settle_returns_the_lease_once(lua: Scripts) -> None:
+    targets = [candidate("a"), candidate("b")]
+    first = await lua.select(targets, algorithm="least-connections")
+    second = await lua.select(targets, algorithm="least-connections")
+    assert {first.index, second.index} == {0, 1}
+    assert await in_flight(lua) == {"a": 1, "b": 1}
+
+    await lua.settle("ab"[first.index or 0], first, reserved=0.0, actual=5.0)
+    await lua.settle("ab"[first.index or 0], first, reserved=0.0, actual=5.0)  # a retry
+    assert await in_flight(lua) == {"ab"[second.index or 0]: 1}
+    # The freed target is the least loaded now.
+    assert (await lua.select(targets, algorithm="least-connections")).index == first.index
+
+
+async def test_idle_ties_rotate_instead_of_piling_on_the_first(lua: Scripts) -> None:
+    targets = [candidate("a"), candidate("b"), candidate("c")]
+    chosen = []
+    for _ in range(6):
+        selection = await lua.select(targets, algorithm="least-connections")
+        chosen.append(selection.index)
+        await lua.settle("abc"[selection.index or 0], selection, reserved=0.0, actual=1.0)
+    assert chosen == [0, 1, 2, 0, 1, 2]
+    assert await in_flight(lua) == {}
+
+
+async def test_expired_leases_stop_counting(lua: Scripts) -> None:
+    short = [candidate("a", lease_ms=100), candidate("b", lease_ms=100)]
+    orphan = await lua.select(short, algorithm="least-connections")  # its replica dies
+    assert orphan.index == 0
+    assert (await lua.select(short, algorithm="least-connections")).index == 1
+    await asyncio.sleep(0.15)
+
+    # The next selection sweeps both expired leases before counting.
+    only_a = [candidate("a"), candidate("b", eligible=False)]
+    again = await lua.select(only_a, algorithm="least-connections")
+    assert (again.index, again.score) == (0, 0.0)
+    assert await in_flight(lua) == {"a": 1}
+    assert await lua.client.zcard(KEYS.leases) == 1
+    # A late settle of the swept lease takes nothing away from the live one.
+    await lua.settle("a", orphan, reserved=0.0, actual=1.0)
+    assert await in_flight(lua) == {"a": 1}
+
+
+async def test_least_connections_skips_broken_and_ineligible_targets(lua: Scripts) -> None:
+    await fail(lua, "a", max_fails=1)
+    targets = [candidate("a"), candidate("b", eligible=False), candidate("c")]
+    chosen = [(await lua.select(targets, algorithm="least-connections")).index for _ in range(3)]
+    assert chosen == [2, 2, 2]
+
+    nothing = await lua.select(targets[:2], algorithm="least-connections")
+    assert (nothing.index, nothing.blocked, nothing.lease_id) == (None, "broken", "")
+    assert await in_flight(lua) == {"c": 3}
+
+
+async def test_concurrent_least_connections_selects_are_atomic(
+    lua: Scripts, redis_url: str
+) -> None:
+    clients = [connect_redis(redis_url, timeout_s=10.0) for _ in range(4)]
+    try:
+        stores = [RedisStore(client) for client in clients]
+        targets = [candidate("a", 3), candidate("b", 1)]
+        if lua.flush_before_each_call:
+            await lua.client.script_flush()
+        selections = await asyncio.gather(
+            *(
+                stores[i % 4].select(KEYS, "least-connections", NO_DECAY_MS, targets)
+                for i in range(200)
+            )
+        )
+        assert Counter(s.index for s in selections) == {0: 150, 1: 50}
+        assert await in_flight(lua) == {"a": 150, "b": 50}
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 # Script cache and concurrency ------------------------------------------------------------

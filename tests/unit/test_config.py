@@ -280,7 +280,6 @@ def test_route_plugin_beats_service_plugin_beats_global_plugin() -> None:
         ("balancer.algorithm", "consistent-hashing"),
         ("balancer.algorithm", "semantic"),
         ("balancer.algorithm", "priority"),
-        ("balancer.algorithm", "least-connections"),
         ("balancer.tokens_count_strategy", "llm-accuracy"),
         ("balancer.latency_strategy", "e2e"),
         ("balancer.hash_on_header", "X-User"),

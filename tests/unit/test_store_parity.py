@@ -40,9 +40,14 @@ RESILIENT_LOGGER = "tokenlb_proxy.store.resilient"
 
 
 def candidate(
-    target_id: str, weight: int = 1, estimate: float = 0.0, *, eligible: bool = True
+    target_id: str,
+    weight: int = 1,
+    estimate: float = 0.0,
+    *,
+    eligible: bool = True,
+    lease_ms: int = 60_000,
 ) -> Candidate:
-    return Candidate(target_id=target_id, weight=weight, estimate=estimate, eligible=eligible)
+    return Candidate(target_id, weight, estimate, eligible, lease_ms=lease_ms)
 
 
 class StoreHarness:
@@ -94,6 +99,7 @@ class StoreHarness:
             max_fails=max_fails,
             fail_timeout_ms=fail_timeout_ms,
             retry_after_ms=retry_after_ms,
+            lease_id=selection.lease_id,
         )
         await self.store.settle(KEYS, HALF_LIFE_MS, settlement)
 
@@ -127,6 +133,9 @@ class RedisHarness(StoreHarness):
         for field in await self.client.hkeys(KEYS.breaker):
             if field.endswith((":until", ":since")):
                 await self.client.hincrby(KEYS.breaker, field, -ms)
+        leases = await self.client.zrange(KEYS.leases, 0, -1, withscores=True)
+        if leases:
+            await self.client.zadd(KEYS.leases, {lease: expiry - ms for lease, expiry in leases})
         self.offset_ms += ms
 
 
@@ -352,6 +361,31 @@ async def test_retry_after_holds_a_target_out_without_max_fails(harness: StoreHa
     assert [(await harness.select([a, b], "round-robin")).index for _ in range(2)] == [1, 1]
     await harness.advance(15_000)
     assert (await harness.select([a], "round-robin")).index == 0
+
+
+async def test_least_connections_counts_leases_and_expires_orphans(
+    harness: StoreHarness,
+) -> None:
+    a, b = candidate("a", 2, lease_ms=30_000), candidate("b", 1, lease_ms=30_000)
+    held = [await harness.select([a, b], "least-connections") for _ in range(6)]
+    assert [s.index for s in held] == [0, 0, 1, 0, 1, 0]
+    assert [t.in_flight for t in (await harness.totals(["a", "b"])).values()] == [4, 2]
+
+    # Two of a's requests finish; b's two are orphaned (their replica died).
+    for selection in held[:2]:
+        await harness.settle(a, selection, 10.0)
+    assert (await harness.totals(["a"]))["a"].in_flight == 2
+    assert (await harness.select([a, b], "least-connections")).index == 0  # 3/2 < 3/1
+    await harness.settle(a, held[3], 10.0)
+
+    # Past the lease, the orphans (and every unsettled lease) stop counting.
+    await harness.advance(30_000)
+    after = await harness.select([a, b], "least-connections")
+    assert (after.index, after.score) == (0, 0.0)
+    assert [t.in_flight for t in (await harness.totals(["a", "b"])).values()] == [1, 0]
+    # Settling a swept lease changes nothing.
+    await harness.settle(b, held[2], 10.0)
+    assert (await harness.totals(["b"]))["b"].in_flight == 0
 
 
 # ResilientStore --------------------------------------------------------------------------

@@ -108,6 +108,7 @@ def create_admin_app(runtime: Runtime) -> Litestar:
                             "total_tokens": totals[t.target_id].total_tokens,
                             "cost": totals[t.target_id].cost,
                             "usage": totals[t.target_id].usage,
+                            "in_flight": totals[t.target_id].in_flight,
                         }
                         for t in plan.targets
                     ],

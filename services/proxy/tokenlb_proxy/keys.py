@@ -53,6 +53,11 @@ class BalancerKeys(msgspec.Struct, frozen=True):
     #: Hash, circuit breaker state per target: "<target id>:until" (out of rotation until,
     #: ms), "<target id>:fails" and "<target id>:since" (failures in the current window).
     breaker: str
+    #: Sorted set of in-flight leases (least-connections): "<target id>|<lease id>" ->
+    #: expiry (ms).
+    leases: str
+    #: Hash, target id -> number of unexpired in-flight leases.
+    in_flight: str
 
     def rollup(self, minute: int) -> str:
         """The rollup hash of the minute starting at ``minute * 60`` (Unix seconds)."""
@@ -72,6 +77,8 @@ def balancer_keys(balancer_id: str) -> BalancerKeys:
         targets=f"{base}:targets",
         rollup_prefix=f"{base}:rollup:",
         breaker=f"{base}:breaker",
+        leases=f"{base}:leases",
+        in_flight=f"{base}:inflight",
     )
 
 

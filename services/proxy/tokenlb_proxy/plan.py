@@ -90,6 +90,9 @@ class BalancerPlan:
     #: rotation for ``fail_timeout_ms`` (0: off).
     max_fails: int = 0
     fail_timeout_ms: int = 10_000
+    #: least-connections: an in-flight lease outlives a dead replica by at most this long
+    #: (connect + write + read timeout: the longest a non-streamed attempt can take).
+    lease_ms: int = 180_000
 
 
 @dataclass(frozen=True, slots=True)

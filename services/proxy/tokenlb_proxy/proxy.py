@@ -183,6 +183,7 @@ class ProxyService:
                     weight=t.weight,
                     estimate=estimates[t.index],
                     eligible=t.index in allowed and t.index not in tried,
+                    lease_ms=plan.lease_ms,
                 )
                 for t in plan.targets
             ]
@@ -496,6 +497,7 @@ class ProxyService:
             failed=False,
             backend=attempt.selection.backend,
             event=event,
+            lease_id=attempt.selection.lease_id,
         )
         self._spawn(self._settle(plan, settlement))
 
@@ -542,6 +544,7 @@ class ProxyService:
                 max_fails=plan.max_fails,
                 fail_timeout_ms=plan.fail_timeout_ms,
                 retry_after_ms=retry_after_ms,
+                lease_id=attempt.selection.lease_id,
             ),
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import cast
 
 import httpx
 import msgspec
@@ -194,7 +195,8 @@ def _compile_plugin(
         for name in target.names():
             by_model.setdefault(name, []).append(target.index)
     balancer_id = entry.id or entry.instance_name or _scope_name(scope)
-    algorithm: Algorithm = "lowest-usage" if balancer.algorithm == "lowest-usage" else "round-robin"
+    # check_plugin_config admitted only the algorithms the store implements.
+    algorithm = cast(Algorithm, balancer.algorithm)
     return BalancerPlan(
         balancer_id=balancer_id,
         keys=balancer_keys(balancer_id),
@@ -216,6 +218,7 @@ def _compile_plugin(
         by_model={name: tuple(indexes) for name, indexes in by_model.items()},
         max_fails=balancer.max_fails,
         fail_timeout_ms=balancer.fail_timeout,
+        lease_ms=balancer.connect_timeout + balancer.write_timeout + balancer.read_timeout,
     )
 
 

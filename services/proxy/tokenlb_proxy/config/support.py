@@ -7,6 +7,8 @@ config believing a setting works when it is ignored.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from tokenlb_proxy.config.errors import FieldError
 from tokenlb_proxy.config.plugin import (
     AiProxyAdvancedConfig,
@@ -15,10 +17,12 @@ from tokenlb_proxy.config.plugin import (
     ModelOptions,
     Target,
 )
+from tokenlb_proxy.store.base import Algorithm
 
 __all__ = ["SUPPORTED_ALGORITHMS", "check_plugin_config"]
 
-SUPPORTED_ALGORITHMS = ("round-robin", "lowest-usage")
+#: The algorithms the stores implement, in Kong's spelling.
+SUPPORTED_ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 SUPPORTED_STRATEGIES = ("total-tokens", "prompt-tokens", "completion-tokens", "cost")
 NOT_SUPPORTED = "not supported yet"
 

@@ -21,7 +21,7 @@ __all__ = [
     "UsageStore",
 ]
 
-Algorithm = Literal["lowest-usage", "round-robin"]
+Algorithm = Literal["lowest-usage", "round-robin", "least-connections"]
 
 #: Move the decay epoch once the forward-decay factor passes 2^20: scores stay far from
 #: float overflow and keep ~10 significant digits of the smallest target's usage.
@@ -42,6 +42,9 @@ class Candidate(msgspec.Struct, frozen=True):
     #: False for targets that may not serve this request (other model, already tried);
     #: they still take part in the slow-start average.
     eligible: bool
+    #: least-connections: how long the in-flight lease taken on this target lives (ms) if
+    #: the request never settles (its replica died).
+    lease_ms: int = 600_000
 
 
 class Selection(msgspec.Struct, frozen=True):
@@ -59,6 +62,8 @@ class Selection(msgspec.Struct, frozen=True):
     blocked: str = ""
     #: With ``blocked``: store time (ms) when the first of them is back in rotation.
     retry_at_ms: int = 0
+    #: The in-flight lease taken (least-connections); hand it back when settling.
+    lease_id: str = ""
 
 
 class Settlement(msgspec.Struct, frozen=True):
@@ -84,6 +89,8 @@ class Settlement(msgspec.Struct, frozen=True):
     fail_timeout_ms: int = 10_000
     #: An upstream 429's Retry-After in ms: the target is out of rotation that long.
     retry_after_ms: int = 0
+    #: The selection's ``lease_id``: its in-flight lease is returned.
+    lease_id: str = ""
 
 
 class TargetTotals(msgspec.Struct):
@@ -96,6 +103,8 @@ class TargetTotals(msgspec.Struct):
     cost: float = 0.0
     #: Current decayed usage (counted units, not divided by weight), reservations included.
     usage: float = 0.0
+    #: Requests holding an in-flight lease (least-connections), fleet-wide.
+    in_flight: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -41,7 +41,18 @@ class _Breaker:
 
 
 class _BalancerState:
-    __slots__ = ("breakers", "epoch_ms", "minutes", "round_robin", "targets", "totals", "usage")
+    __slots__ = (
+        "breakers",
+        "epoch_ms",
+        "in_flight",
+        "lease_seq",
+        "leases",
+        "minutes",
+        "round_robin",
+        "targets",
+        "totals",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.usage: dict[str, float] = {}
@@ -52,6 +63,10 @@ class _BalancerState:
         #: minute -> rollup, for as long as ``rollup_retention_s``.
         self.minutes: dict[int, MinuteRollup] = {}
         self.breakers: dict[str, _Breaker] = {}
+        #: In-flight leases (least-connections): (target id, lease id) -> expiry (ms).
+        self.leases: dict[tuple[str, str], int] = {}
+        self.in_flight: dict[str, int] = {}
+        self.lease_seq = 0
 
 
 class LocalStore:
@@ -114,13 +129,50 @@ class LocalStore:
             available.append(c.eligible and not broken)
         best: int | None = None
         best_score = 0.0
+        lease_id = ""
         if algorithm == "lowest-usage":
             best, best_score = self._lowest_usage(state, candidates, available, exponent)
+        elif algorithm == "least-connections" and any(available):
+            best, best_score, lease_id = self._least_connections(
+                state, candidates, available, now_ms
+            )
         elif any(available):
             best = self._round_robin(state, candidates, available)
         if best is None:
             return Selection(None, now_ms, 0.0, blocked=blocked, retry_at_ms=retry_at_ms)
-        return Selection(best, now_ms, best_score)
+        return Selection(best, now_ms, best_score, lease_id=lease_id)
+
+    def _least_connections(
+        self,
+        state: _BalancerState,
+        candidates: Sequence[Candidate],
+        available: Sequence[bool],
+        now_ms: int,
+    ) -> tuple[int, float, str]:
+        for lease, expiry_ms in list(state.leases.items()):
+            if expiry_ms <= now_ms:
+                del state.leases[lease]
+                self._release(state, lease[0])
+        in_flight = [state.in_flight.get(c.target_id, 0) for c in candidates]
+        scores = [(in_flight[i] + 1) / c.weight for i, c in enumerate(candidates)]
+        lowest = min(score for i, score in enumerate(scores) if available[i])
+        tied = [available[i] and scores[i] == lowest for i in range(len(candidates))]
+        best = self._round_robin(state, candidates, tied)
+        assert best is not None
+        chosen = candidates[best]
+        state.lease_seq += 1
+        lease_id = str(state.lease_seq)
+        state.leases[(chosen.target_id, lease_id)] = now_ms + chosen.lease_ms
+        state.in_flight[chosen.target_id] = in_flight[best] + 1
+        return best, float(in_flight[best]), lease_id
+
+    @staticmethod
+    def _release(state: _BalancerState, target_id: str) -> None:
+        left = state.in_flight.get(target_id, 0) - 1
+        if left <= 0:
+            state.in_flight.pop(target_id, None)
+        else:
+            state.in_flight[target_id] = left
 
     @staticmethod
     def _lowest_usage(
@@ -191,6 +243,9 @@ class LocalStore:
         totals.cost += settlement.cost
         if settlement.event is not None:
             self._add_to_rollup(state, settlement)
+        lease = (target_id, settlement.lease_id)
+        if settlement.lease_id and state.leases.pop(lease, None) is not None:
+            self._release(state, target_id)
         self._feed_breaker(state, settlement, now_ms)
 
     @staticmethod
@@ -250,6 +305,7 @@ class LocalStore:
                 completion_tokens=counted.completion_tokens,
                 cost=counted.cost,
                 usage=state.usage.get(target_id, 0.0) * decay,
+                in_flight=state.in_flight.get(target_id, 0),
             )
         return result
 

@@ -66,9 +66,18 @@ class RedisStore:
         args: list[str | int | float] = [algorithm, half_life_ms, self._roll_after]
         args.append(len(candidates))
         for c in candidates:
-            args += [c.target_id, c.weight, repr(c.estimate), "1" if c.eligible else "0"]
+            eligible = "1" if c.eligible else "0"
+            args += [c.target_id, c.weight, repr(c.estimate), eligible, c.lease_ms]
         reply = await self._select_target(
-            keys=[keys.usage, keys.meta, keys.round_robin, keys.breaker], args=args
+            keys=[
+                keys.usage,
+                keys.meta,
+                keys.round_robin,
+                keys.breaker,
+                keys.leases,
+                keys.in_flight,
+            ],
+            args=args,
         )
         index = int(reply[0])
         return Selection(
@@ -78,12 +87,21 @@ class RedisStore:
             backend=self.kind,
             blocked=str(reply[3]),
             retry_at_ms=int(reply[4]),
+            lease_id=str(reply[5]),
         )
 
     async def settle(self, keys: BalancerKeys, half_life_ms: int, settlement: Settlement) -> None:
         event = settlement.event
         await self._record_usage(
-            keys=[keys.usage, keys.meta, keys.totals, keys.events, keys.breaker],
+            keys=[
+                keys.usage,
+                keys.meta,
+                keys.totals,
+                keys.events,
+                keys.breaker,
+                keys.leases,
+                keys.in_flight,
+            ],
             args=[
                 settlement.target_id,
                 half_life_ms,
@@ -101,6 +119,7 @@ class RedisStore:
                 settlement.max_fails,
                 settlement.fail_timeout_ms,
                 settlement.retry_after_ms,
+                settlement.lease_id,
             ],
         )
 
@@ -132,12 +151,15 @@ class RedisStore:
             pipe.zmscore(keys.usage, list(target_ids))
             pipe.hget(keys.meta, "epoch_ms")
             pipe.time()
-            counters, scores, epoch_ms, server_time = await pipe.execute()
+            pipe.hmget(keys.in_flight, list(target_ids))
+            counters, scores, epoch_ms, server_time, in_flight = await pipe.execute()
         now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
         decay = 2.0 ** (-(now_ms - int(epoch_ms)) / half_life_ms) if epoch_ms else 0.0
         return {
-            target_id: _totals_from_hash(counters, target_id, (score or 0.0) * decay)
-            for target_id, score in zip(target_ids, scores, strict=True)
+            target_id: _totals_from_hash(
+                counters, target_id, (score or 0.0) * decay, int(leases or 0)
+            )
+            for target_id, score, leases in zip(target_ids, scores, in_flight, strict=True)
         }
 
     async def healthy(self) -> bool:
@@ -150,7 +172,9 @@ class RedisStore:
         await self.client.aclose()
 
 
-def _totals_from_hash(counters: dict[str, Any], target_id: str, usage: float) -> TargetTotals:
+def _totals_from_hash(
+    counters: dict[str, Any], target_id: str, usage: float, in_flight: int
+) -> TargetTotals:
     def field(name: str) -> str:
         value = counters.get(f"{target_id}:{name}", "0")
         return str(value)
@@ -162,4 +186,5 @@ def _totals_from_hash(counters: dict[str, Any], target_id: str, usage: float) ->
         completion_tokens=int(field("completion_tokens")),
         cost=float(field("cost")),
         usage=usage,
+        in_flight=in_flight,
     )
