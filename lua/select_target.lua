@@ -21,6 +21,12 @@
 --                 request ends. A lease also expires by itself lease_ms after it was taken:
 --                 the requests of a replica that crashed stop counting then, and nothing
 --                 leaks. Expired leases are swept here, before counting.
+--   consistent-hashing  the proxy ranks the targets in the order the request's hash key
+--                 tries them (tier 0, 1, 2, ...; see hashing.py); the first one available
+--                 wins. No state: every replica computes the same ranking.
+--
+-- Tiers: only the available targets of the lowest tier present compete (all tiers are 0
+-- unless the algorithm ranks targets).
 --
 -- KEYS[1]  usage sorted set: member = target id, score = forward-decayed usage (raw, not
 --          divided by weight, so a weight change applies at once)
@@ -31,13 +37,15 @@
 -- KEYS[5]  in-flight leases sorted set: member "<target id>|<lease id>", score = the
 --          lease's expiry (ms)
 -- KEYS[6]  in-flight hash: target id -> number of unexpired leases
--- ARGV[1]  algorithm      "lowest-usage", "round-robin" or "least-connections"
+-- ARGV[1]  algorithm      "lowest-usage", "round-robin", "least-connections" or
+--                         "consistent-hashing"
 -- ARGV[2]  half_life_ms   decay half-life in milliseconds (> 0)
 -- ARGV[3]  roll_after     rescale when (now - epoch) / half_life exceeds this (half-lives)
 -- ARGV[4]  count          number of targets that follow
--- ARGV[5..] count groups of 5: target_id, weight (integer > 0), estimate (counted units,
+-- ARGV[5..] count groups of 6: target_id, weight (integer > 0), estimate (counted units,
 --          >= 0), eligible ("1" may be chosen, "0" only takes part in the slow-start
---          average), lease_ms (how long an in-flight lease on it lives, ms; > 0)
+--          average), lease_ms (how long an in-flight lease on it lives, ms; > 0), tier
+--          (integer >= 0; lower tiers are preferred)
 --
 -- Returns {index, now_ms, score, blocked, retry_at_ms, lease_id}: index is the 1-based
 -- position of the chosen target in the ARGV list (0 when none); now_ms the server time of
@@ -53,8 +61,8 @@ local half_life_ms = tonumber(ARGV[2])
 local roll_after = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
 
-local GROUP = 5
-local ids, weights, estimates, eligible, lease_ms = {}, {}, {}, {}, {}
+local GROUP = 6
+local ids, weights, estimates, eligible, lease_ms, tiers = {}, {}, {}, {}, {}, {}
 for i = 1, count do
   local base = 4 + (i - 1) * GROUP
   ids[i] = ARGV[base + 1]
@@ -62,6 +70,7 @@ for i = 1, count do
   estimates[i] = tonumber(ARGV[base + 3])
   eligible[i] = ARGV[base + 4] == "1"
   lease_ms[i] = tonumber(ARGV[base + 5])
+  tiers[i] = tonumber(ARGV[base + 6])
 end
 
 local time = redis.call("TIME")
@@ -100,6 +109,7 @@ local untils = redis.call("HMGET", KEYS[4], unpack(fields))
 local available = {}
 local any_available = false
 local blocked, retry_at_ms = "", 0
+local best_tier = nil
 for i = 1, count do
   if eligible[i] then
     local until_ms = tonumber(untils[i])
@@ -110,7 +120,15 @@ for i = 1, count do
     else
       available[i] = true
       any_available = true
+      if best_tier == nil or tiers[i] < best_tier then
+        best_tier = tiers[i]
+      end
     end
+  end
+end
+for i = 1, count do
+  if available[i] and tiers[i] ~= best_tier then
+    available[i] = nil
   end
 end
 
@@ -204,6 +222,13 @@ elseif algorithm == "least-connections" and any_available then
   lease_id = tostring(redis.call("HINCRBY", KEYS[2], "lease_seq", 1))
   redis.call("ZADD", KEYS[5], now_ms + lease_ms[best], ids[best] .. "|" .. lease_id)
   redis.call("HINCRBY", KEYS[6], ids[best], 1)
+elseif algorithm == "consistent-hashing" and any_available then
+  for i = 1, count do
+    if available[i] then
+      best = i
+      break
+    end
+  end
 elseif any_available then
   best = round_robin(available)
 end

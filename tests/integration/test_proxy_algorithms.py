@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_proxy_e2e import (
+    KEY,
     Mock,
     Proxy,
     messages,
@@ -24,6 +25,8 @@ from tests.integration.test_proxy_e2e import (
     target,
     write_config,
 )
+from tokenlb_proxy.config import compile_gateway, load_document
+from tokenlb_proxy.plan import BalancerPlan
 
 MODELS = ("gpt-4", "gpt-4o-mini", "gpt-3.5-turbo")
 
@@ -49,8 +52,10 @@ def proxy(
 ) -> Iterator[Proxy]:
     url = mock.chat_url
     trio = [target(model, url) for model in MODELS]
+    hashing = {"algorithm": "consistent-hashing", "failover_criteria": ["error", "http_500"]}
     routes = [
         route("connections", trio, {"algorithm": "least-connections"}),
+        route("hashing", trio, hashing),
     ]
     config = write_config(tmp_path_factory.mktemp("algorithms") / "kong.yaml", mock, routes)
     with running_proxy(process_logs, config, store_url) as running:
@@ -82,3 +87,53 @@ def test_least_connections_rotates_an_idle_fleet_and_returns_every_lease(
 def in_flight(proxy: Proxy, balancer: str) -> dict[str, int]:
     [plan] = [b for b in json.loads(proxy.status_text())["balancers"] if b["id"] == balancer]
     return {t["model"].removeprefix("openai/"): t["in_flight"] for t in plan["targets"]}
+
+
+def plan_of(proxy: Proxy, balancer: str) -> BalancerPlan:
+    gateway = compile_gateway(load_document(proxy.config, {"DECK_OPENAI_API_KEY": KEY}))
+    [plan] = [p for p in gateway.balancers if p.balancer_id == balancer]
+    return plan
+
+
+def ask(proxy: Proxy, route_name: str, key: str | None, *, stream: bool = False) -> str:
+    headers = {"X-Kong-LLM-Request-ID": key} if key is not None else {}
+    with proxy.client(route_name) as client:
+        if stream:
+            chunks = client.chat.completions.create(
+                model="any", messages=messages(), stream=True, extra_headers=headers
+            )
+            return {chunk.model for chunk in chunks}.pop()
+        reply = client.chat.completions.create(
+            model="any", messages=messages(), extra_headers=headers
+        )
+        return reply.model
+
+
+def test_consistent_hashing_sends_a_key_where_its_ranking_says(proxy: Proxy) -> None:
+    hashing = plan_of(proxy, "hashing").hashing
+    assert hashing is not None
+    keys = [f"session-{n}" for n in range(24)]
+    expected = {key: MODELS[hashing.order(key)[0]] for key in keys}
+    served = {key: ask(proxy, "hashing", key) for key in keys}
+    assert served == expected
+    assert len(set(served.values())) == 3  # the keys spread over every target
+    # Streams and repeats land on the same target.
+    assert {key: ask(proxy, "hashing", key, stream=True) for key in keys[:6]} == {
+        key: expected[key] for key in keys[:6]
+    }
+
+
+def test_consistent_hashing_fails_over_along_the_ranking(proxy: Proxy, mock: Mock) -> None:
+    hashing = plan_of(proxy, "hashing").hashing
+    assert hashing is not None
+    key = "session-failing"
+    first, second, _ = (MODELS[i] for i in hashing.order(key))
+    mock.control(fail_models={first: 500})
+    assert ask(proxy, "hashing", key) == second
+    assert [r["body"]["model"] for r in mock.requests()] == [first, second]
+
+
+def test_consistent_hashing_without_the_header_is_round_robin(proxy: Proxy) -> None:
+    served = [ask(proxy, "hashing", None) for _ in range(6)]
+    assert sorted(served) == sorted(MODELS * 2)
+    assert served[:3] != [served[0]] * 3

@@ -39,6 +39,7 @@ def candidate(
     *,
     eligible: bool = True,
     lease_ms: int = 60_000,
+    tier: int = 0,
 ) -> Candidate:
     return Candidate(
         target_id=target_id,
@@ -46,6 +47,7 @@ def candidate(
         estimate=estimate,
         eligible=eligible,
         lease_ms=lease_ms,
+        tier=tier,
     )
 
 
@@ -291,7 +293,14 @@ async def test_no_eligible_target_chooses_nothing_and_reserves_nothing(lua: Scri
     reply = await lua.raw(
         "select_target",
         SELECT_KEYS,
-        ["lowest-usage", NO_DECAY_MS, "20", 2, "a", 1, "5", "0", 1000, "b", 1, "5", "0", 1000],
+        [
+            "lowest-usage",
+            NO_DECAY_MS,
+            "20",
+            2,
+            *("a", 1, "5", "0", 1000, 0),
+            *("b", 1, "5", "0", 1000, 0),
+        ],
     )
     assert reply == [0, reply[1], "0", "", 0, ""]
 
@@ -835,6 +844,39 @@ async def test_concurrent_least_connections_selects_are_atomic(
     finally:
         for client in clients:
             await client.aclose()
+
+
+# select_target.lua: consistent-hashing and tiers ----------------------------------------
+
+
+async def test_consistent_hashing_takes_the_first_available_in_ring_order(lua: Scripts) -> None:
+    ring = [candidate("a", tier=2), candidate("b", tier=0), candidate("c", tier=1)]
+    chosen = [(await lua.select(ring, algorithm="consistent-hashing")).index for _ in range(3)]
+    assert chosen == [1, 1, 1]
+    # No state: nothing written for it.
+    assert await lua.client.exists(KEYS.round_robin, KEYS.usage, KEYS.in_flight) == 0
+
+    # b tried (ineligible) -> the next on the ring; c out of rotation -> the one after.
+    tried = [candidate("a", tier=2), candidate("b", tier=0, eligible=False), ring[2]]
+    assert (await lua.select(tried, algorithm="consistent-hashing")).index == 2
+    await fail(lua, "c", max_fails=1)
+    assert (await lua.select(tried, algorithm="consistent-hashing")).index == 0
+    await fail(lua, "a", max_fails=1)
+    nothing = await lua.select(tried, algorithm="consistent-hashing")
+    assert (nothing.index, nothing.blocked) == (None, "broken")
+
+
+@pytest.mark.parametrize("algorithm", ["lowest-usage", "round-robin", "least-connections"])
+async def test_only_the_lowest_available_tier_competes(lua: Scripts, algorithm: Algorithm) -> None:
+    await seed_usage(lua.client, {"a": 0.0, "b": 500.0, "c": 900.0})
+    # a is the idlest by far, but it is in tier 1: b and c (tier 0) share the requests.
+    targets = [candidate("a", tier=1), candidate("b", tier=0), candidate("c", tier=0)]
+    chosen = {(await lua.select(targets, algorithm=algorithm)).index for _ in range(4)}
+    assert chosen <= {1, 2}
+    await fail(lua, "b", max_fails=1)
+    await fail(lua, "c", max_fails=1)
+    # Tier 0 out of rotation: tier 1 takes over.
+    assert (await lua.select(targets, algorithm=algorithm)).index == 0
 
 
 # Script cache and concurrency ------------------------------------------------------------

@@ -277,13 +277,10 @@ def test_route_plugin_beats_service_plugin_beats_global_plugin() -> None:
     ("setting", "value"),
     [
         ("balancer.algorithm", "lowest-latency"),
-        ("balancer.algorithm", "consistent-hashing"),
         ("balancer.algorithm", "semantic"),
         ("balancer.algorithm", "priority"),
         ("balancer.tokens_count_strategy", "llm-accuracy"),
         ("balancer.latency_strategy", "e2e"),
-        ("balancer.hash_on_header", "X-User"),
-        ("balancer.slots", 100),
         ("targets[0].model.provider", "anthropic"),
         ("targets[1].model.provider", "azure"),
         ("targets[0].route_type", "llm/v1/embeddings"),
@@ -313,6 +310,22 @@ def test_circuit_breaker_settings_compile() -> None:
     # Kong's defaults: off, 10 s.
     default = only_plan(compile_doc(global_doc(seed_config())))
     assert (default.max_fails, default.fail_timeout_ms) == (0, 10000)
+
+
+def test_consistent_hashing_compiles_its_buckets() -> None:
+    config = seed_config()
+    config["balancer"] = {
+        "algorithm": "consistent-hashing",
+        "hash_on_header": "X-User",
+        "slots": 100,
+    }
+    plan = only_plan(compile_doc(global_doc(config)))
+    assert plan.algorithm == "consistent-hashing"
+    assert plan.hash_on_header == "x-user"
+    assert plan.hashing is not None
+    assert plan.hashing.slots == 100
+    # Other algorithms need none.
+    assert only_plan(compile_doc(global_doc(seed_config()))).hashing is None
 
 
 def test_supported_settings_of_the_same_fields_compile() -> None:

@@ -46,8 +46,9 @@ def candidate(
     *,
     eligible: bool = True,
     lease_ms: int = 60_000,
+    tier: int = 0,
 ) -> Candidate:
-    return Candidate(target_id, weight, estimate, eligible, lease_ms=lease_ms)
+    return Candidate(target_id, weight, estimate, eligible, lease_ms=lease_ms, tier=tier)
 
 
 class StoreHarness:
@@ -386,6 +387,37 @@ async def test_least_connections_counts_leases_and_expires_orphans(
     # Settling a swept lease changes nothing.
     await harness.settle(b, held[2], 10.0)
     assert (await harness.totals(["b"]))["b"].in_flight == 0
+
+
+async def test_consistent_hashing_walks_the_ranking_past_unavailable_targets(
+    harness: StoreHarness,
+) -> None:
+    ranked = [candidate("a", tier=1), candidate("b", tier=2), candidate("c", tier=0)]
+    assert [(await harness.select(ranked, "consistent-hashing")).index for _ in range(3)] == [2] * 3
+    tried = [ranked[0], ranked[1], candidate("c", tier=0, eligible=False)]
+    assert (await harness.select(tried, "consistent-hashing")).index == 0
+    policy = {"breaker_failure": True, "max_fails": 1, "fail_timeout_ms": 1_000}
+    await harness.settle(
+        ranked[0], await harness.select(tried, "consistent-hashing"), 0.0, failed=True, **policy
+    )
+    assert (await harness.select(tried, "consistent-hashing")).index == 1
+    await harness.advance(1_000)
+    assert (await harness.select(tried, "consistent-hashing")).index == 0
+
+
+@pytest.mark.parametrize("algorithm", ["lowest-usage", "round-robin", "least-connections"])
+async def test_lower_tiers_serve_only_when_the_higher_is_unavailable(
+    harness: StoreHarness, algorithm: Algorithm
+) -> None:
+    targets = [candidate("low", 1, 5.0, tier=1), candidate("x", 1, 5.0), candidate("y", 1, 5.0)]
+    chosen = [(await harness.select(targets, algorithm)).index for _ in range(6)]
+    assert sorted(set(chosen)) == [1, 2]
+    policy = {"breaker_failure": True, "max_fails": 1, "fail_timeout_ms": 1_000}
+    for target in targets[1:]:
+        await harness.settle(
+            target, await harness.select([target], algorithm), 0.0, failed=True, **policy
+        )
+    assert (await harness.select(targets, algorithm)).index == 0
 
 
 # ResilientStore --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from tokenlb_proxy.hashing import ConsistentHash
 from tokenlb_proxy.keys import BalancerKeys
 from tokenlb_proxy.store.base import Algorithm
 
@@ -93,6 +94,9 @@ class BalancerPlan:
     #: least-connections: an in-flight lease outlives a dead replica by at most this long
     #: (connect + write + read timeout: the longest a non-streamed attempt can take).
     lease_ms: int = 180_000
+    #: consistent-hashing: the request header hashed (lower case), and the hashing.
+    hash_on_header: str = "x-kong-llm-request-id"
+    hashing: ConsistentHash | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from tokenlb_proxy.health import counts_as_failure, retry_after_ms
 from tokenlb_proxy.plan import BalancerPlan, Gateway, UpstreamTarget
 from tokenlb_proxy.routing import match_route
 from tokenlb_proxy.stats_log import write_kong_log
-from tokenlb_proxy.store.base import Candidate, Selection, Settlement, UsageStore
+from tokenlb_proxy.store.base import Algorithm, Candidate, Selection, Settlement, UsageStore
 from tokenlb_proxy.tracecontext import TraceContext, new_span_id, parse_traceparent
 from tokenlb_proxy.upstream import (
     StreamState,
@@ -174,6 +174,7 @@ class ProxyService:
             )
             for target in plan.targets
         ]
+        algorithm, tiers = _ranking(plan, exchange.request.headers.get(plan.hash_on_header))
         tried: set[int] = set()
         last_failure: _Failover | None = None
         for number in range(plan.retries + 1):
@@ -184,12 +185,11 @@ class ProxyService:
                     estimate=estimates[t.index],
                     eligible=t.index in allowed and t.index not in tried,
                     lease_ms=plan.lease_ms,
+                    tier=tiers[t.index],
                 )
                 for t in plan.targets
             ]
-            selection = await self.store.select(
-                plan.keys, plan.algorithm, plan.half_life_ms, candidates
-            )
+            selection = await self.store.select(plan.keys, algorithm, plan.half_life_ms, candidates)
             if selection.index is None:
                 if last_failure is None and selection.blocked:
                     raise _nothing_available(selection)
@@ -569,6 +569,23 @@ class ProxyService:
         """Wait for every background settle (on shutdown)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _ranking(plan: BalancerPlan, hash_key: str | None) -> tuple[Algorithm, list[int]]:
+    """The algorithm the store runs for this request, and each target's tier.
+
+    consistent-hashing ranks the targets in the order the ``hash_on_header`` value tries them;
+    a request without the header falls back to the fleet-wide weighted round-robin (Kong's
+    upstreams do the same when the hash input is missing and no fallback is set).
+    """
+    if plan.hashing is not None:
+        if hash_key:
+            tiers = [0] * len(plan.targets)
+            for rank, index in enumerate(plan.hashing.order(hash_key)):
+                tiers[index] = rank
+            return plan.algorithm, tiers
+        return "round-robin", [0] * len(plan.targets)
+    return plan.algorithm, [0] * len(plan.targets)
 
 
 def _nothing_available(selection: Selection) -> ProxyError:

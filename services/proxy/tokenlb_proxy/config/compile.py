@@ -22,6 +22,7 @@ from tokenlb_proxy.config.errors import ConfigError, FieldError
 from tokenlb_proxy.config.loader import schema_errors
 from tokenlb_proxy.config.plugin import AiProxyAdvancedConfig, ModelOptions, Target
 from tokenlb_proxy.config.support import NOT_SUPPORTED, check_plugin_config
+from tokenlb_proxy.hashing import ConsistentHash
 from tokenlb_proxy.keys import balancer_keys
 from tokenlb_proxy.plan import OPENAI_CHAT_URL, BalancerPlan, Gateway, RouteRule, UpstreamTarget
 from tokenlb_proxy.store.base import Algorithm
@@ -219,6 +220,12 @@ def _compile_plugin(
         max_fails=balancer.max_fails,
         fail_timeout_ms=balancer.fail_timeout,
         lease_ms=balancer.connect_timeout + balancer.write_timeout + balancer.read_timeout,
+        hash_on_header=balancer.hash_on_header.lower(),
+        hashing=(
+            ConsistentHash([(t.target_id, t.weight) for t in targets], balancer.slots)
+            if algorithm == "consistent-hashing"
+            else None
+        ),
     )
 
 

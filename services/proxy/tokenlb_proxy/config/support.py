@@ -29,11 +29,7 @@ NOT_SUPPORTED = "not supported yet"
 _DEFAULT_BALANCER = BalancerConfig()
 _DEFAULT_OPTIONS = ModelOptions()
 _DEFAULT_AUTH = Auth()
-_UNSUPPORTED_BALANCER_FIELDS = (
-    "latency_strategy",
-    "hash_on_header",
-    "slots",
-)
+_UNSUPPORTED_BALANCER_FIELDS = ("latency_strategy",)
 _UNSUPPORTED_OPTION_FIELDS = (
     "top_k",
     "upstream_path",

@@ -21,7 +21,7 @@ __all__ = [
     "UsageStore",
 ]
 
-Algorithm = Literal["lowest-usage", "round-robin", "least-connections"]
+Algorithm = Literal["lowest-usage", "round-robin", "least-connections", "consistent-hashing"]
 
 #: Move the decay epoch once the forward-decay factor passes 2^20: scores stay far from
 #: float overflow and keep ~10 significant digits of the smallest target's usage.
@@ -45,6 +45,9 @@ class Candidate(msgspec.Struct, frozen=True):
     #: least-connections: how long the in-flight lease taken on this target lives (ms) if
     #: the request never settles (its replica died).
     lease_ms: int = 600_000
+    #: Preference rank: only the available candidates of the lowest tier compete
+    #: (consistent-hashing ranks targets by the ring order of the request's key).
+    tier: int = 0
 
 
 class Selection(msgspec.Struct, frozen=True):

@@ -127,6 +127,12 @@ class LocalStore:
             if broken and (retry_at_ms == 0 or until_ms < retry_at_ms):
                 blocked, retry_at_ms = "broken", until_ms
             available.append(c.eligible and not broken)
+        tiers = [c.tier for i, c in enumerate(candidates) if available[i]]
+        if tiers:
+            best_tier = min(tiers)
+            available = [
+                ok and c.tier == best_tier for ok, c in zip(available, candidates, strict=True)
+            ]
         best: int | None = None
         best_score = 0.0
         lease_id = ""
@@ -136,6 +142,8 @@ class LocalStore:
             best, best_score, lease_id = self._least_connections(
                 state, candidates, available, now_ms
             )
+        elif algorithm == "consistent-hashing":
+            best = available.index(True) if any(available) else None
         elif any(available):
             best = self._round_robin(state, candidates, available)
         if best is None:

@@ -67,7 +67,7 @@ class RedisStore:
         args.append(len(candidates))
         for c in candidates:
             eligible = "1" if c.eligible else "0"
-            args += [c.target_id, c.weight, repr(c.estimate), eligible, c.lease_ms]
+            args += [c.target_id, c.weight, repr(c.estimate), eligible, c.lease_ms, c.tier]
         reply = await self._select_target(
             keys=[
                 keys.usage,
