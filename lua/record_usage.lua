@@ -26,6 +26,7 @@
 --          "<target_id>:since" (ms, start of the current failure window)
 -- KEYS[6]  in-flight leases sorted set (see select_target.lua)
 -- KEYS[7]  in-flight hash: target id -> number of unexpired leases
+-- KEYS[8]  latency hash (see select_target.lua)
 -- ARGV[1]  target_id
 -- ARGV[2]  half_life_ms       decay half-life in milliseconds (> 0)
 -- ARGV[3]  reserved           counted units reserved at selection (0 for none)
@@ -46,6 +47,9 @@
 -- ARGV[16] retry_after_ms     an upstream 429's Retry-After, in ms from now (0: none)
 -- ARGV[17] lease_id           the in-flight lease select_target.lua took ("": none); it is
 --                             returned here, unless it expired and was swept already
+-- ARGV[18] latency            this request's latency sample for lowest-latency (ms, or ms
+--                             per output token), folded into the target's average decayed
+--                             with half_life_ms; negative: no sample
 --
 -- Returns the target's decayed usage after settling, as a string.
 
@@ -66,6 +70,7 @@ local max_fails = tonumber(ARGV[14])
 local fail_timeout_ms = tonumber(ARGV[15])
 local retry_after_ms = tonumber(ARGV[16])
 local lease_id = ARGV[17]
+local latency = tonumber(ARGV[18])
 
 local time = redis.call("TIME")
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -116,6 +121,22 @@ if lease_id ~= "" and redis.call("ZREM", KEYS[6], target_id .. "|" .. lease_id) 
   if redis.call("HINCRBY", KEYS[7], target_id, -1) <= 0 then
     redis.call("HDEL", KEYS[7], target_id)
   end
+end
+
+if latency >= 0 then
+  -- A time-decayed mean: every sample weighs 2^(-age / half_life). Folding one more in only
+  -- needs the mean, the decayed weight of the samples so far, and the time of the last.
+  local stats = redis.call(
+    "HMGET", KEYS[8], target_id .. ":avg", target_id .. ":n", target_id .. ":at"
+  )
+  local average = tonumber(stats[1]) or 0
+  local last_ms = tonumber(stats[3]) or now_ms
+  local weight = (tonumber(stats[2]) or 0) * 2 ^ (-(now_ms - last_ms) / half_life_ms) + 1
+  average = average + (latency - average) / weight
+  redis.call(
+    "HSET", KEYS[8], target_id .. ":avg", tostring(average), target_id .. ":n", tostring(weight),
+    target_id .. ":at", now_ms
+  )
 end
 
 local out_until_ms = 0

@@ -24,6 +24,13 @@
 --   consistent-hashing  the proxy ranks the targets in the order the request's hash key
 --                 tries them (tier 0, 1, 2, ...; see hashing.py); the first one available
 --                 wins. No state: every replica computes the same ranking.
+--   lowest-latency  the lowest time-decayed average latency (record_usage.lua keeps it:
+--                 time per output token or end-to-end, whichever the proxy measures),
+--                 shared by the fleet; a target with no sample yet counts at the average
+--                 of those that have one; ties go to the earlier target. Exploration: a
+--                 target that has had neither a sample nor a probe for one half-life (or
+--                 ever) is chosen once, by one replica for the whole fleet, so a target
+--                 that recovered (or just joined) is measured again instead of starving.
 --
 -- Tiers: only the available targets of the lowest tier present compete (all tiers are 0
 -- unless the algorithm ranks targets).
@@ -37,9 +44,13 @@
 -- KEYS[5]  in-flight leases sorted set: member "<target id>|<lease id>", score = the
 --          lease's expiry (ms)
 -- KEYS[6]  in-flight hash: target id -> number of unexpired leases
--- ARGV[1]  algorithm      "lowest-usage", "round-robin", "least-connections" or
---                         "consistent-hashing"
--- ARGV[2]  half_life_ms   decay half-life in milliseconds (> 0)
+-- KEYS[7]  latency hash: "<target id>:avg" (decayed average, ms or ms per token),
+--          "<target id>:n" (decayed sample weight), "<target id>:at" (last sample, ms),
+--          "<target id>:probe" (last exploration, ms)
+-- ARGV[1]  algorithm      "lowest-usage", "round-robin", "least-connections",
+--                         "consistent-hashing" or "lowest-latency"
+-- ARGV[2]  half_life_ms   decay half-life of usage and latency, and the exploration
+--                         interval of lowest-latency, in milliseconds (> 0)
 -- ARGV[3]  roll_after     rescale when (now - epoch) / half_life exceeds this (half-lives)
 -- ARGV[4]  count          number of targets that follow
 -- ARGV[5..] count groups of 6: target_id, weight (integer > 0), estimate (counted units,
@@ -51,8 +62,9 @@
 -- position of the chosen target in the ARGV list (0 when none); now_ms the server time of
 -- the reservation (pass it back to record_usage.lua); score, as a string (Lua numbers
 -- would be truncated), the chosen target's decayed usage per unit of weight before the
--- reservation (lowest-usage) or its in-flight count before this request
--- (least-connections), else "0"; when nothing was chosen although some target was
+-- reservation (lowest-usage), its in-flight count before this request
+-- (least-connections) or its average latency (lowest-latency), else "0"; when nothing
+-- was chosen although some target was
 -- eligible, blocked = "broken" and retry_at_ms the soonest time one of them returns to
 -- rotation, else "" and 0; lease_id the in-flight lease taken ("" when none).
 
@@ -222,6 +234,48 @@ elseif algorithm == "least-connections" and any_available then
   lease_id = tostring(redis.call("HINCRBY", KEYS[2], "lease_seq", 1))
   redis.call("ZADD", KEYS[5], now_ms + lease_ms[best], ids[best] .. "|" .. lease_id)
   redis.call("HINCRBY", KEYS[6], ids[best], 1)
+elseif algorithm == "lowest-latency" and any_available then
+  local fields = {}
+  for i = 1, count do
+    fields[#fields + 1] = ids[i] .. ":avg"
+    fields[#fields + 1] = ids[i] .. ":at"
+    fields[#fields + 1] = ids[i] .. ":probe"
+  end
+  local stats = redis.call("HMGET", KEYS[7], unpack(fields))
+  local averages, known_sum, known_count = {}, 0, 0
+  for i = 1, count do
+    averages[i] = tonumber(stats[3 * i - 2])
+    if averages[i] ~= nil then
+      known_sum = known_sum + averages[i]
+      known_count = known_count + 1
+    end
+  end
+  local fleet_average = 0
+  if known_count > 0 then
+    fleet_average = known_sum / known_count
+  end
+  for i = 1, count do
+    if available[i] then
+      local seen_ms = math.max(tonumber(stats[3 * i - 1]) or -1, tonumber(stats[3 * i]) or -1)
+      if seen_ms < 0 or now_ms - seen_ms >= half_life_ms then
+        best = i
+        redis.call("HSET", KEYS[7], ids[i] .. ":probe", now_ms)
+        break
+      end
+    end
+  end
+  if best == 0 then
+    for i = 1, count do
+      if available[i] then
+        local score = averages[i] or fleet_average
+        if best == 0 or score < best_score then
+          best, best_score = i, score
+        end
+      end
+    end
+  else
+    best_score = averages[best] or fleet_average
+  end
 elseif algorithm == "consistent-hashing" and any_available then
   for i = 1, count do
     if available[i] then

@@ -56,6 +56,8 @@ def proxy(
     routes = [
         route("connections", trio, {"algorithm": "least-connections"}),
         route("hashing", trio, hashing),
+        route("e2e", trio[:2], {"algorithm": "lowest-latency", "latency_strategy": "e2e"}),
+        route("tpot", trio[:2], {"algorithm": "lowest-latency"}),
     ]
     config = write_config(tmp_path_factory.mktemp("algorithms") / "kong.yaml", mock, routes)
     with running_proxy(process_logs, config, store_url) as running:
@@ -137,3 +139,31 @@ def test_consistent_hashing_without_the_header_is_round_robin(proxy: Proxy) -> N
     served = [ask(proxy, "hashing", None) for _ in range(6)]
     assert sorted(served) == sorted(MODELS * 2)
     assert served[:3] != [served[0]] * 3
+
+
+def latencies(proxy: Proxy, balancer: str) -> dict[str, float | None]:
+    [plan] = [b for b in json.loads(proxy.status_text())["balancers"] if b["id"] == balancer]
+    return {t["model"].removeprefix("openai/"): t["latency"] for t in plan["targets"]}
+
+
+@pytest.mark.parametrize("strategy", ["e2e", "tpot"])
+def test_lowest_latency_measures_each_target_then_keeps_to_the_fastest(
+    proxy: Proxy, mock: Mock, strategy: str
+) -> None:
+    mock.control(latency_ms=40)
+    before = proxy.counters(strategy)
+    served = [ask(proxy, strategy, None) for _ in range(2)]
+    assert served == ["gpt-4", "gpt-4o-mini"]  # each explored once, in order
+    proxy.settled(strategy, before, 2)
+    measured = latencies(proxy, strategy)
+    assert None not in measured.values()
+    fastest = min(measured, key=lambda model: measured[model] or 0.0)
+    assert ask(proxy, strategy, None, stream=True) == fastest
+    for model, value in measured.items():
+        assert value is not None
+        if strategy == "e2e":
+            assert value >= 40  # the upstream's own 40 ms, and then some
+        else:
+            # ms per output token: 40 ms over the mock's 24-120 tokens.
+            tokens = mock.counts(model)[2] / mock.counts(model)[0]
+            assert 40 / tokens <= value <= 5 * 40 / tokens

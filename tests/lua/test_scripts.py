@@ -25,9 +25,9 @@ from tokenlb_proxy.store.redis import connect_redis
 KEYS = balancer_keys("lua-tests")
 SCRIPT_NAMES = ("select_target", "record_usage")
 SELECT_KEYS = [KEYS.usage, KEYS.meta, KEYS.round_robin, KEYS.breaker, KEYS.leases]
-SELECT_KEYS.append(KEYS.in_flight)
+SELECT_KEYS += [KEYS.in_flight, KEYS.latency]
 RECORD_KEYS = [KEYS.usage, KEYS.meta, KEYS.totals, KEYS.events, KEYS.breaker, KEYS.leases]
-RECORD_KEYS.append(KEYS.in_flight)
+RECORD_KEYS += [KEYS.in_flight, KEYS.latency]
 #: A half-life so long that decay over a test is below float noise (~1e-11 relative).
 NO_DECAY_MS = 10**12
 
@@ -93,6 +93,7 @@ class Scripts:
         max_fails: int = 0,
         fail_timeout_ms: int = 10_000,
         retry_after_ms: int = 0,
+        latency: float = -1.0,
     ) -> None:
         await self._before_call()
         settlement = Settlement(
@@ -110,6 +111,7 @@ class Scripts:
             fail_timeout_ms=fail_timeout_ms,
             retry_after_ms=retry_after_ms,
             lease_id=selection.lease_id,
+            latency=latency,
         )
         await self.store.settle(KEYS, half_life_ms, settlement)
 
@@ -134,11 +136,12 @@ class Scripts:
         fail_timeout_ms: int = 10_000,
         retry_after_ms: int = 0,
         lease_id: str = "",
+        latency: str = "-1",
     ) -> str:
         """record_usage.lua called raw, with every ARGV as Redis receives it."""
         args: list[str | int] = [target_id, NO_DECAY_MS, reserved, reserved_at_ms, actual]
         args += [prompt_tokens, completion_tokens, cost, failed, "20", event, "1000"]
-        args += [breaker_failure, max_fails, fail_timeout_ms, retry_after_ms, lease_id]
+        args += [breaker_failure, max_fails, fail_timeout_ms, retry_after_ms, lease_id, latency]
         reply = await self.raw("record_usage", RECORD_KEYS, args)
         return str(reply)
 
@@ -877,6 +880,94 @@ async def test_only_the_lowest_available_tier_competes(lua: Scripts, algorithm: 
     await fail(lua, "c", max_fails=1)
     # Tier 0 out of rotation: tier 1 takes over.
     assert (await lua.select(targets, algorithm=algorithm)).index == 0
+
+
+# lowest-latency: record_usage.lua averages, select_target.lua prefers and explores ------
+
+
+async def seed_latency(lua: Scripts, averages: dict[str, float]) -> None:
+    """Targets with one fresh sample each (so none is due for exploration)."""
+    now = await server_ms(lua.client)
+    for target_id, average in averages.items():
+        await lua.client.hset(
+            KEYS.latency,
+            mapping={f"{target_id}:avg": average, f"{target_id}:n": 1, f"{target_id}:at": now},
+        )
+
+
+async def latency_of(lua: Scripts, target_id: str) -> tuple[float, float]:
+    average, weight = await lua.client.hmget(KEYS.latency, [f"{target_id}:avg", f"{target_id}:n"])
+    return float(average), float(weight)
+
+
+async def test_latency_is_a_time_decayed_mean(lua: Scripts) -> None:
+    half_life_ms = 1000
+    selection = await lua.select([candidate("a")], algorithm="round-robin")
+    await lua.settle("a", selection, reserved=0, actual=1, latency=40.0, half_life_ms=half_life_ms)
+    assert await latency_of(lua, "a") == pytest.approx((40.0, 1.0))
+    await lua.settle("a", selection, reserved=0, actual=1, latency=20.0, half_life_ms=half_life_ms)
+    assert await latency_of(lua, "a") == pytest.approx((30.0, 2.0), rel=0.01)
+
+    # One half-life later the two old samples weigh 1 together; a new one weighs 1.
+    at = await lua.client.hget(KEYS.latency, "a:at")
+    await lua.client.hset(KEYS.latency, "a:at", int(at) - half_life_ms)
+    await lua.settle("a", selection, reserved=0, actual=1, latency=90.0, half_life_ms=half_life_ms)
+    assert await latency_of(lua, "a") == pytest.approx((60.0, 2.0), rel=0.01)
+
+    # A negative sample is none.
+    await lua.settle("a", selection, reserved=0, actual=1, latency=-1.0, half_life_ms=half_life_ms)
+    assert await latency_of(lua, "a") == pytest.approx((60.0, 2.0), rel=0.01)
+
+
+async def test_lowest_average_latency_wins_ties_to_the_earlier(lua: Scripts) -> None:
+    await seed_latency(lua, {"a": 30.0, "b": 10.0, "c": 10.0})
+    targets = [candidate("a"), candidate("b"), candidate("c")]
+    selections = [await lua.select(targets, algorithm="lowest-latency") for _ in range(3)]
+    assert [s.index for s in selections] == [1, 1, 1]
+    assert selections[0].score == pytest.approx(10.0)
+    # Out of rotation, the fastest is skipped for the next fastest.
+    await fail(lua, "b", max_fails=1)
+    assert (await lua.select(targets, algorithm="lowest-latency")).index == 2
+
+
+async def test_a_new_target_is_explored_once_then_counts_at_the_fleet_average(
+    lua: Scripts,
+) -> None:
+    await seed_latency(lua, {"a": 10.0, "b": 30.0})
+    targets = [candidate("a"), candidate("b"), candidate("new")]
+
+    probe = await lua.select(targets, algorithm="lowest-latency")
+    assert probe.index == 2  # never measured: one replica tries it once
+    assert probe.score == pytest.approx(20.0)
+    assert await lua.client.hget(KEYS.latency, "new:probe") == str(probe.reserved_at_ms)
+    # Until its sample arrives it counts at the average (20): a, at 10, keeps winning.
+    meanwhile = [await lua.select(targets, algorithm="lowest-latency") for _ in range(3)]
+    assert [s.index for s in meanwhile] == [0, 0, 0]
+    await seed_latency(lua, {"a": 10.0, "b": 30.0, "new": 15.0})
+    await seed_latency(lua, {"a": 18.0})
+    assert (await lua.select(targets, algorithm="lowest-latency")).index == 2
+
+
+async def test_a_stale_target_is_explored_once_per_half_life(lua: Scripts) -> None:
+    half_life_ms = 300
+    await seed_latency(lua, {"fast": 5.0, "slow": 50.0})
+    targets = [candidate("fast"), candidate("slow")]
+    fresh = await lua.select(targets, algorithm="lowest-latency", half_life_ms=half_life_ms)
+    assert fresh.index == 0
+
+    await asyncio.sleep(half_life_ms / 1000)
+    # Both are stale now: the first stale one (fast) is explored first, then slow, once.
+    chosen = [
+        (await lua.select(targets, algorithm="lowest-latency", half_life_ms=half_life_ms)).index
+        for _ in range(4)
+    ]
+    assert chosen == [0, 1, 0, 0]
+    # Out of rotation targets are not explored.
+    await asyncio.sleep(half_life_ms / 1000)
+    await fail(lua, "fast", max_fails=1)
+    await fail(lua, "slow", max_fails=1)
+    nothing = await lua.select(targets, algorithm="lowest-latency", half_life_ms=half_life_ms)
+    assert (nothing.index, nothing.blocked) == (None, "broken")
 
 
 # Script cache and concurrency ------------------------------------------------------------

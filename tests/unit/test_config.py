@@ -276,11 +276,9 @@ def test_route_plugin_beats_service_plugin_beats_global_plugin() -> None:
 @pytest.mark.parametrize(
     ("setting", "value"),
     [
-        ("balancer.algorithm", "lowest-latency"),
         ("balancer.algorithm", "semantic"),
         ("balancer.algorithm", "priority"),
         ("balancer.tokens_count_strategy", "llm-accuracy"),
-        ("balancer.latency_strategy", "e2e"),
         ("targets[0].model.provider", "anthropic"),
         ("targets[1].model.provider", "azure"),
         ("targets[0].route_type", "llm/v1/embeddings"),

@@ -85,6 +85,7 @@ class StoreHarness:
         max_fails: int = 0,
         fail_timeout_ms: int = 10_000,
         retry_after_ms: int = 0,
+        latency: float = -1.0,
     ) -> None:
         settlement = Settlement(
             target_id=target.target_id,
@@ -101,6 +102,7 @@ class StoreHarness:
             fail_timeout_ms=fail_timeout_ms,
             retry_after_ms=retry_after_ms,
             lease_id=selection.lease_id,
+            latency=latency,
         )
         await self.store.settle(KEYS, HALF_LIFE_MS, settlement)
 
@@ -134,6 +136,9 @@ class RedisHarness(StoreHarness):
         for field in await self.client.hkeys(KEYS.breaker):
             if field.endswith((":until", ":since")):
                 await self.client.hincrby(KEYS.breaker, field, -ms)
+        for field in await self.client.hkeys(KEYS.latency):
+            if field.endswith((":at", ":probe")):
+                await self.client.hincrby(KEYS.latency, field, -ms)
         leases = await self.client.zrange(KEYS.leases, 0, -1, withscores=True)
         if leases:
             await self.client.zadd(KEYS.leases, {lease: expiry - ms for lease, expiry in leases})
@@ -418,6 +423,43 @@ async def test_lower_tiers_serve_only_when_the_higher_is_unavailable(
             target, await harness.select([target], algorithm), 0.0, failed=True, **policy
         )
     assert (await harness.select(targets, algorithm)).index == 0
+
+
+async def test_lowest_latency_prefers_the_fastest_and_explores_the_rest(
+    harness: StoreHarness,
+) -> None:
+    fast, slow, new = candidate("fast"), candidate("slow"), candidate("new")
+
+    # Never measured: each is explored once, in order, then the samples decide.
+    first = await harness.select([fast, slow], "lowest-latency")
+    second = await harness.select([fast, slow], "lowest-latency")
+    assert (first.index, second.index) == (0, 1)
+    await harness.settle(fast, first, 10.0, latency=2.0)
+    await harness.settle(slow, second, 10.0, latency=8.0)
+    chosen = [(await harness.select([fast, slow], "lowest-latency")).index for _ in range(3)]
+    assert chosen == [0, 0, 0]
+    assert (await harness.totals(["fast"]))["fast"].latency == pytest.approx(2.0)
+
+    # A newcomer is explored once, then counts at the average of the others (5).
+    probe = await harness.select([fast, slow, new], "lowest-latency")
+    assert (probe.index, probe.score) == (2, pytest.approx(5.0))
+    assert (await harness.select([fast, slow, new], "lowest-latency")).index == 0
+
+    # fast slows down: a quarter half-life on, its first slow answer (20) weighs 1 against
+    # 2^-0.25 for the old 2, and its mean passes slow's 8.
+    await harness.advance(HALF_LIFE_MS // 4)
+    selection = await harness.select([fast, slow], "lowest-latency")
+    assert selection.index == 0
+    await harness.settle(fast, selection, 10.0, latency=20.0)
+    old_weight = 2.0**-0.25
+    expected = (2.0 * old_weight + 20.0) / (old_weight + 1)
+    assert (await harness.totals(["fast"]))["fast"].latency == pytest.approx(expected, rel=1e-3)
+    assert (await harness.select([fast, slow], "lowest-latency")).index == 1
+
+    # A half-life without news: explored again, once.
+    await harness.advance(HALF_LIFE_MS)
+    chosen = [(await harness.select([fast, slow], "lowest-latency")).index for _ in range(3)]
+    assert chosen == [0, 1, 1]
 
 
 # ResilientStore --------------------------------------------------------------------------

@@ -109,6 +109,7 @@ def create_admin_app(runtime: Runtime) -> Litestar:
                             "cost": totals[t.target_id].cost,
                             "usage": totals[t.target_id].usage,
                             "in_flight": totals[t.target_id].in_flight,
+                            "latency": totals[t.target_id].latency,
                         }
                         for t in plan.targets
                     ],

@@ -58,6 +58,8 @@ class BalancerKeys(msgspec.Struct, frozen=True):
     leases: str
     #: Hash, target id -> number of unexpired in-flight leases.
     in_flight: str
+    #: Hash, lowest-latency state per target: "<target id>:avg", ":n", ":at", ":probe".
+    latency: str
 
     def rollup(self, minute: int) -> str:
         """The rollup hash of the minute starting at ``minute * 60`` (Unix seconds)."""
@@ -79,6 +81,7 @@ def balancer_keys(balancer_id: str) -> BalancerKeys:
         breaker=f"{base}:breaker",
         leases=f"{base}:leases",
         in_flight=f"{base}:inflight",
+        latency=f"{base}:latency",
     )
 
 

@@ -96,6 +96,8 @@ class BalancerPlan:
     lease_ms: int = 180_000
     #: consistent-hashing: the request header hashed (lower case), and the hashing.
     hash_on_header: str = "x-kong-llm-request-id"
+    #: lowest-latency: "tpot" (ms per output token) or "e2e" (ms per request).
+    latency_strategy: str = "tpot"
     hashing: ConsistentHash | None = None
 
 

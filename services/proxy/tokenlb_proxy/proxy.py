@@ -498,6 +498,7 @@ class ProxyService:
             backend=attempt.selection.backend,
             event=event,
             lease_id=attempt.selection.lease_id,
+            latency=_latency_sample(plan, event),
         )
         self._spawn(self._settle(plan, settlement))
 
@@ -586,6 +587,19 @@ def _ranking(plan: BalancerPlan, hash_key: str | None) -> tuple[Algorithm, list[
             return plan.algorithm, tiers
         return "round-robin", [0] * len(plan.targets)
     return plan.algorithm, [0] * len(plan.targets)
+
+
+def _latency_sample(plan: BalancerPlan, event: UsageEvent) -> float:
+    """lowest-latency's measure of a successful attempt: ``e2e``, the milliseconds from
+    sending it upstream to its last byte; ``tpot``, that divided by its output tokens (an
+    answer without output tokens gives no sample). -1: no sample."""
+    if plan.algorithm != "lowest-latency":
+        return -1.0
+    if plan.latency_strategy == "e2e":
+        return event.upstream_ms
+    if event.completion_tokens <= 0:
+        return -1.0
+    return event.upstream_ms / event.completion_tokens
 
 
 def _nothing_available(selection: Selection) -> ProxyError:

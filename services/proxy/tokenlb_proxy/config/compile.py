@@ -221,6 +221,7 @@ def _compile_plugin(
         fail_timeout_ms=balancer.fail_timeout,
         lease_ms=balancer.connect_timeout + balancer.write_timeout + balancer.read_timeout,
         hash_on_header=balancer.hash_on_header.lower(),
+        latency_strategy=balancer.latency_strategy,
         hashing=(
             ConsistentHash([(t.target_id, t.weight) for t in targets], balancer.slots)
             if algorithm == "consistent-hashing"

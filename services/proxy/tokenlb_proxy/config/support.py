@@ -13,7 +13,6 @@ from tokenlb_proxy.config.errors import FieldError
 from tokenlb_proxy.config.plugin import (
     AiProxyAdvancedConfig,
     Auth,
-    BalancerConfig,
     ModelOptions,
     Target,
 )
@@ -26,10 +25,8 @@ SUPPORTED_ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 SUPPORTED_STRATEGIES = ("total-tokens", "prompt-tokens", "completion-tokens", "cost")
 NOT_SUPPORTED = "not supported yet"
 
-_DEFAULT_BALANCER = BalancerConfig()
 _DEFAULT_OPTIONS = ModelOptions()
 _DEFAULT_AUTH = Auth()
-_UNSUPPORTED_BALANCER_FIELDS = ("latency_strategy",)
 _UNSUPPORTED_OPTION_FIELDS = (
     "top_k",
     "upstream_path",
@@ -83,7 +80,6 @@ def check_plugin_config(config: AiProxyAdvancedConfig, path: str) -> list[FieldE
                 f"(supported: {', '.join(SUPPORTED_STRATEGIES)})",
             )
         )
-    errors += _non_default(balancer, _DEFAULT_BALANCER, _UNSUPPORTED_BALANCER_FIELDS, bpath)
     if config.llm_format != "openai":
         errors.append(FieldError(f"{path}.llm_format", f"{config.llm_format!r} is {NOT_SUPPORTED}"))
     if config.genai_category != "text/generation":

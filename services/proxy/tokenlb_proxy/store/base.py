@@ -21,7 +21,9 @@ __all__ = [
     "UsageStore",
 ]
 
-Algorithm = Literal["lowest-usage", "round-robin", "least-connections", "consistent-hashing"]
+Algorithm = Literal[
+    "lowest-usage", "round-robin", "least-connections", "consistent-hashing", "lowest-latency"
+]
 
 #: Move the decay epoch once the forward-decay factor passes 2^20: scores stay far from
 #: float overflow and keep ~10 significant digits of the smallest target's usage.
@@ -94,6 +96,9 @@ class Settlement(msgspec.Struct, frozen=True):
     retry_after_ms: int = 0
     #: The selection's ``lease_id``: its in-flight lease is returned.
     lease_id: str = ""
+    #: lowest-latency: this attempt's latency sample (ms, or ms per output token) for the
+    #: target's decayed average; negative: none.
+    latency: float = -1.0
 
 
 class TargetTotals(msgspec.Struct):
@@ -108,6 +113,9 @@ class TargetTotals(msgspec.Struct):
     usage: float = 0.0
     #: Requests holding an in-flight lease (least-connections), fleet-wide.
     in_flight: int = 0
+    #: lowest-latency: the decayed average latency (ms, or ms per output token); None
+    #: before the first sample.
+    latency: float | None = None
 
     @property
     def total_tokens(self) -> int:

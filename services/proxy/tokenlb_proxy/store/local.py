@@ -40,11 +40,24 @@ class _Breaker:
         self.since_ms: int | None = None
 
 
+class _Latency:
+    """One target's lowest-latency state (the fields of the latency hash in Redis)."""
+
+    __slots__ = ("at_ms", "average", "probe_ms", "weight")
+
+    def __init__(self) -> None:
+        self.average: float | None = None
+        self.weight = 0.0
+        self.at_ms: int | None = None
+        self.probe_ms: int | None = None
+
+
 class _BalancerState:
     __slots__ = (
         "breakers",
         "epoch_ms",
         "in_flight",
+        "latency",
         "lease_seq",
         "leases",
         "minutes",
@@ -67,6 +80,7 @@ class _BalancerState:
         self.leases: dict[tuple[str, str], int] = {}
         self.in_flight: dict[str, int] = {}
         self.lease_seq = 0
+        self.latency: dict[str, _Latency] = {}
 
 
 class LocalStore:
@@ -142,6 +156,10 @@ class LocalStore:
             best, best_score, lease_id = self._least_connections(
                 state, candidates, available, now_ms
             )
+        elif algorithm == "lowest-latency" and any(available):
+            best, best_score = self._lowest_latency(
+                state, candidates, available, now_ms, half_life_ms
+            )
         elif algorithm == "consistent-hashing":
             best = available.index(True) if any(available) else None
         elif any(available):
@@ -173,6 +191,35 @@ class LocalStore:
         state.leases[(chosen.target_id, lease_id)] = now_ms + chosen.lease_ms
         state.in_flight[chosen.target_id] = in_flight[best] + 1
         return best, float(in_flight[best]), lease_id
+
+    @staticmethod
+    def _lowest_latency(
+        state: _BalancerState,
+        candidates: Sequence[Candidate],
+        available: Sequence[bool],
+        now_ms: int,
+        half_life_ms: int,
+    ) -> tuple[int, float]:
+        stats = [state.latency.get(c.target_id) or _Latency() for c in candidates]
+        known = [s.average for s in stats if s.average is not None]
+        fleet_average = sum(known) / len(known) if known else 0.0
+        for index, c in enumerate(candidates):
+            if not available[index]:
+                continue
+            seen = [t for t in (stats[index].at_ms, stats[index].probe_ms) if t is not None]
+            if not seen or now_ms - max(seen) >= half_life_ms:
+                probed = state.latency.setdefault(c.target_id, stats[index])
+                probed.probe_ms = now_ms
+                average = stats[index].average
+                return index, fleet_average if average is None else average
+        best, best_score = -1, 0.0
+        for index, latency in enumerate(stats):
+            if not available[index]:
+                continue
+            score = fleet_average if latency.average is None else latency.average
+            if best < 0 or score < best_score:
+                best, best_score = index, score
+        return best, best_score
 
     @staticmethod
     def _release(state: _BalancerState, target_id: str) -> None:
@@ -254,7 +301,21 @@ class LocalStore:
         lease = (target_id, settlement.lease_id)
         if settlement.lease_id and state.leases.pop(lease, None) is not None:
             self._release(state, target_id)
+        if settlement.latency >= 0:
+            self._add_latency(state, settlement, now_ms, half_life_ms)
         self._feed_breaker(state, settlement, now_ms)
+
+    @staticmethod
+    def _add_latency(
+        state: _BalancerState, settlement: Settlement, now_ms: int, half_life_ms: int
+    ) -> None:
+        """record_usage.lua's time-decayed mean, step for step."""
+        latency = state.latency.setdefault(settlement.target_id, _Latency())
+        last_ms = now_ms if latency.at_ms is None else latency.at_ms
+        latency.weight = latency.weight * 2.0 ** (-(now_ms - last_ms) / half_life_ms) + 1
+        average = latency.average or 0.0
+        latency.average = average + (settlement.latency - average) / latency.weight
+        latency.at_ms = now_ms
 
     @staticmethod
     def _feed_breaker(state: _BalancerState, settlement: Settlement, now_ms: int) -> None:
@@ -314,6 +375,7 @@ class LocalStore:
                 cost=counted.cost,
                 usage=state.usage.get(target_id, 0.0) * decay,
                 in_flight=state.in_flight.get(target_id, 0),
+                latency=latency.average if (latency := state.latency.get(target_id)) else None,
             )
         return result
 

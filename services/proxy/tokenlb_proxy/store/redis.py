@@ -76,6 +76,7 @@ class RedisStore:
                 keys.breaker,
                 keys.leases,
                 keys.in_flight,
+                keys.latency,
             ],
             args=args,
         )
@@ -101,6 +102,7 @@ class RedisStore:
                 keys.breaker,
                 keys.leases,
                 keys.in_flight,
+                keys.latency,
             ],
             args=[
                 settlement.target_id,
@@ -120,6 +122,7 @@ class RedisStore:
                 settlement.fail_timeout_ms,
                 settlement.retry_after_ms,
                 settlement.lease_id,
+                repr(settlement.latency),
             ],
         )
 
@@ -152,14 +155,20 @@ class RedisStore:
             pipe.hget(keys.meta, "epoch_ms")
             pipe.time()
             pipe.hmget(keys.in_flight, list(target_ids))
-            counters, scores, epoch_ms, server_time, in_flight = await pipe.execute()
+            pipe.hmget(keys.latency, [f"{target_id}:avg" for target_id in target_ids])
+            counters, scores, epoch_ms, server_time, in_flight, latency = await pipe.execute()
         now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
         decay = 2.0 ** (-(now_ms - int(epoch_ms)) / half_life_ms) if epoch_ms else 0.0
+        rows = zip(target_ids, scores, in_flight, latency, strict=True)
         return {
             target_id: _totals_from_hash(
-                counters, target_id, (score or 0.0) * decay, int(leases or 0)
+                counters,
+                target_id,
+                (score or 0.0) * decay,
+                int(leases or 0),
+                float(average) if average is not None else None,
             )
-            for target_id, score, leases in zip(target_ids, scores, in_flight, strict=True)
+            for target_id, score, leases, average in rows
         }
 
     async def healthy(self) -> bool:
@@ -173,7 +182,11 @@ class RedisStore:
 
 
 def _totals_from_hash(
-    counters: dict[str, Any], target_id: str, usage: float, in_flight: int
+    counters: dict[str, Any],
+    target_id: str,
+    usage: float,
+    in_flight: int,
+    latency: float | None,
 ) -> TargetTotals:
     def field(name: str) -> str:
         value = counters.get(f"{target_id}:{name}", "0")
@@ -187,4 +200,5 @@ def _totals_from_hash(
         cost=float(field("cost")),
         usage=usage,
         in_flight=in_flight,
+        latency=latency,
     )
