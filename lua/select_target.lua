@@ -14,6 +14,8 @@
 --                 per weight of the others (slow start). Ties go to the earlier target.
 --   round-robin   nginx's smooth weighted round-robin with the current weights kept here,
 --                 so every replica advances one fleet-wide sequence.
+--   priority      the round-robin above within the best tier: the proxy puts each group of
+--                 equal weight in a tier, the heaviest first (Kong's priority groups).
 --   least-connections  the fewest in-flight requests per unit of weight across the fleet,
 --                 scored (in_flight + 1) / weight as Kong does (so an idle fleet prefers
 --                 the heaviest target); ties rotate by the smooth round-robin above. The
@@ -48,7 +50,7 @@
 --          "<target id>:n" (decayed sample weight), "<target id>:at" (last sample, ms),
 --          "<target id>:probe" (last exploration, ms)
 -- ARGV[1]  algorithm      "lowest-usage", "round-robin", "least-connections",
---                         "consistent-hashing" or "lowest-latency"
+--                         "consistent-hashing", "lowest-latency" or "priority"
 -- ARGV[2]  half_life_ms   decay half-life of usage and latency, and the exploration
 --                         interval of lowest-latency, in milliseconds (> 0)
 -- ARGV[3]  roll_after     rescale when (now - epoch) / half_life exceeds this (half-lives)

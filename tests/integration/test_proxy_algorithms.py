@@ -52,12 +52,15 @@ def proxy(
 ) -> Iterator[Proxy]:
     url = mock.chat_url
     trio = [target(model, url) for model in MODELS]
-    hashing = {"algorithm": "consistent-hashing", "failover_criteria": ["error", "http_500"]}
+    fail_over_500 = {"failover_criteria": ["error", "http_500"]}
+    hashing = {"algorithm": "consistent-hashing", **fail_over_500}
+    grouped = [{**t, "weight": w} for t, w in zip(trio, (70, 70, 25), strict=True)]
     routes = [
         route("connections", trio, {"algorithm": "least-connections"}),
         route("hashing", trio, hashing),
         route("e2e", trio[:2], {"algorithm": "lowest-latency", "latency_strategy": "e2e"}),
         route("tpot", trio[:2], {"algorithm": "lowest-latency"}),
+        route("priority", grouped, {"algorithm": "priority", **fail_over_500}),
     ]
     config = write_config(tmp_path_factory.mktemp("algorithms") / "kong.yaml", mock, routes)
     with running_proxy(process_logs, config, store_url) as running:
@@ -167,3 +170,15 @@ def test_lowest_latency_measures_each_target_then_keeps_to_the_fastest(
             # ms per output token: 40 ms over the mock's 24-120 tokens.
             tokens = mock.counts(model)[2] / mock.counts(model)[0]
             assert 40 / tokens <= value <= 5 * 40 / tokens
+
+
+def test_priority_uses_the_lower_group_only_when_the_top_group_fails(
+    proxy: Proxy, mock: Mock
+) -> None:
+    assert [ask(proxy, "priority", None) for _ in range(4)] == ["gpt-4", "gpt-4o-mini"] * 2
+    mock.reset()
+    mock.control(fail_models={"gpt-4": 500, "gpt-4o-mini": 500})
+    assert ask(proxy, "priority", None) == "gpt-3.5-turbo"
+    upstream = [r["body"]["model"] for r in mock.requests()]
+    assert sorted(upstream[:2]) == ["gpt-4", "gpt-4o-mini"]
+    assert upstream[2:] == ["gpt-3.5-turbo"]

@@ -849,7 +849,18 @@ async def test_concurrent_least_connections_selects_are_atomic(
             await client.aclose()
 
 
-# select_target.lua: consistent-hashing and tiers ----------------------------------------
+# select_target.lua: consistent-hashing, priority and tiers ------------------------------
+
+
+async def test_priority_rotates_within_the_best_group(lua: Scripts) -> None:
+    group = [candidate("a", 70), candidate("b", 70), candidate("c", 25, tier=1)]
+    chosen = [(await lua.select(group, algorithm="priority")).index for _ in range(6)]
+    assert chosen == [0, 1, 0, 1, 0, 1]
+    # b tried: a alone; a and b tried: the lower group.
+    tried_b = [group[0], candidate("b", 70, eligible=False), group[2]]
+    assert (await lua.select(tried_b, algorithm="priority")).index == 0
+    tried_ab = [candidate("a", 70, eligible=False), tried_b[1], group[2]]
+    assert (await lua.select(tried_ab, algorithm="priority")).index == 2
 
 
 async def test_consistent_hashing_takes_the_first_available_in_ring_order(lua: Scripts) -> None:
@@ -869,7 +880,9 @@ async def test_consistent_hashing_takes_the_first_available_in_ring_order(lua: S
     assert (nothing.index, nothing.blocked) == (None, "broken")
 
 
-@pytest.mark.parametrize("algorithm", ["lowest-usage", "round-robin", "least-connections"])
+@pytest.mark.parametrize(
+    "algorithm", ["lowest-usage", "round-robin", "least-connections", "lowest-latency", "priority"]
+)
 async def test_only_the_lowest_available_tier_competes(lua: Scripts, algorithm: Algorithm) -> None:
     await seed_usage(lua.client, {"a": 0.0, "b": 500.0, "c": 900.0})
     # a is the idlest by far, but it is in tier 1: b and c (tier 0) share the requests.

@@ -277,7 +277,6 @@ def test_route_plugin_beats_service_plugin_beats_global_plugin() -> None:
     ("setting", "value"),
     [
         ("balancer.algorithm", "semantic"),
-        ("balancer.algorithm", "priority"),
         ("balancer.tokens_count_strategy", "llm-accuracy"),
         ("targets[0].model.provider", "anthropic"),
         ("targets[1].model.provider", "azure"),
@@ -324,6 +323,19 @@ def test_consistent_hashing_compiles_its_buckets() -> None:
     assert plan.hashing.slots == 100
     # Other algorithms need none.
     assert only_plan(compile_doc(global_doc(seed_config()))).hashing is None
+
+
+def test_priority_groups_targets_by_weight_heaviest_first() -> None:
+    config = seed_config()
+    config["balancer"] = {"algorithm": "priority"}
+    extra = copy.deepcopy(config["targets"][1])
+    extra["model"]["name"] = "gpt-3.5-turbo"
+    config["targets"].append(extra)
+    for target, weight in zip(config["targets"], (25, 70, 70), strict=True):
+        target["weight"] = weight
+    plan = only_plan(compile_doc(global_doc(config)))
+    assert plan.algorithm == "priority"
+    assert [t.priority_tier for t in plan.targets] == [1, 0, 0]
 
 
 def test_supported_settings_of_the_same_fields_compile() -> None:

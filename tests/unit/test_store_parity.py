@@ -410,7 +410,9 @@ async def test_consistent_hashing_walks_the_ranking_past_unavailable_targets(
     assert (await harness.select(tried, "consistent-hashing")).index == 0
 
 
-@pytest.mark.parametrize("algorithm", ["lowest-usage", "round-robin", "least-connections"])
+@pytest.mark.parametrize(
+    "algorithm", ["lowest-usage", "round-robin", "least-connections", "lowest-latency", "priority"]
+)
 async def test_lower_tiers_serve_only_when_the_higher_is_unavailable(
     harness: StoreHarness, algorithm: Algorithm
 ) -> None:

@@ -48,6 +48,8 @@ class UpstreamTarget:
     output_cost: float | None
     log_statistics: bool
     log_payloads: bool
+    #: priority: the rank of this target's weight among the distinct weights, heaviest 0.
+    priority_tier: int = 0
 
     def __repr__(self) -> str:
         # Auth values are secrets: never part of a repr that may reach a log.

@@ -577,8 +577,11 @@ def _ranking(plan: BalancerPlan, hash_key: str | None) -> tuple[Algorithm, list[
 
     consistent-hashing ranks the targets in the order the ``hash_on_header`` value tries them;
     a request without the header falls back to the fleet-wide weighted round-robin (Kong's
-    upstreams do the same when the hash input is missing and no fallback is set).
+    upstreams do the same when the hash input is missing and no fallback is set). priority
+    ranks them by weight group, heaviest first.
     """
+    if plan.algorithm == "priority":
+        return plan.algorithm, [t.priority_tier for t in plan.targets]
     if plan.hashing is not None:
         if hash_key:
             tiers = [0] * len(plan.targets)

@@ -233,6 +233,8 @@ def _compile_plugin(
 def _compile_targets(targets: tuple[Target, ...]) -> tuple[UpstreamTarget, ...]:
     compiled: list[UpstreamTarget] = []
     seen: dict[str, int] = {}
+    # Kong's priority groups: equal weights form a group, the heaviest group first.
+    tiers = {weight: tier for tier, weight in enumerate(sorted({t.weight for t in targets})[::-1])}
     for index, target in enumerate(targets):
         options = target.model.options or ModelOptions()
         url = options.upstream_url or OPENAI_CHAT_URL
@@ -273,6 +275,7 @@ def _compile_targets(targets: tuple[Target, ...]) -> tuple[UpstreamTarget, ...]:
                 output_cost=options.output_cost,
                 log_statistics=target.logging.log_statistics,
                 log_payloads=target.logging.log_payloads,
+                priority_tier=tiers[target.weight],
             )
         )
     return tuple(compiled)

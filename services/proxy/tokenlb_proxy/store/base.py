@@ -22,7 +22,12 @@ __all__ = [
 ]
 
 Algorithm = Literal[
-    "lowest-usage", "round-robin", "least-connections", "consistent-hashing", "lowest-latency"
+    "lowest-usage",
+    "round-robin",
+    "least-connections",
+    "consistent-hashing",
+    "lowest-latency",
+    "priority",
 ]
 
 #: Move the decay epoch once the forward-decay factor passes 2^20: scores stay far from
@@ -48,7 +53,8 @@ class Candidate(msgspec.Struct, frozen=True):
     #: the request never settles (its replica died).
     lease_ms: int = 600_000
     #: Preference rank: only the available candidates of the lowest tier compete
-    #: (consistent-hashing ranks targets by the ring order of the request's key).
+    #: (consistent-hashing ranks targets in the order the request's key tries them;
+    #: priority puts each group of equal weight in a tier, the heaviest first).
     tier: int = 0
 
 
