@@ -1,6 +1,7 @@
 -- record_usage.lua: settle one finished request: swap its reservation for the usage the
--- upstream reported, add it to the target's running totals, return its in-flight lease,
--- and feed the circuit breaker.
+-- upstream reported (in the decayed usage and in its budget window), add it to the
+-- target's running totals, return its in-flight lease, record its latency, and feed the
+-- circuit breaker.
 --
 -- The reservation was added by select_target.lua at reserved_at_ms as
 -- reserved * 2^((reserved_at_ms - epoch) / half_life). If the epoch has moved since, the
@@ -27,6 +28,8 @@
 -- KEYS[6]  in-flight leases sorted set (see select_target.lua)
 -- KEYS[7]  in-flight hash: target id -> number of unexpired leases
 -- KEYS[8]  latency hash (see select_target.lua)
+-- KEYS[9]  budget hash: target id -> tokens in its window (see select_target.lua)
+-- KEYS[10] this target's budget window: "<lease id>|<tokens>" -> reservation time (ms)
 -- ARGV[1]  target_id
 -- ARGV[2]  half_life_ms       decay half-life in milliseconds (> 0)
 -- ARGV[3]  reserved           counted units reserved at selection (0 for none)
@@ -50,6 +53,11 @@
 -- ARGV[18] latency            this request's latency sample for lowest-latency (ms, or ms
 --                             per output token), folded into the target's average decayed
 --                             with half_life_ms; negative: no sample
+-- ARGV[19] budget_reserved    tokens the selection reserved in the budget window under
+--                             lease_id (integer); negative: no budget reservation
+-- ARGV[20] budget_used        tokens the request really used (integer; 0 when it failed:
+--                             it still counts as a request). The reservation keeps its time;
+--                             if it has left the window already, nothing changes.
 --
 -- Returns the target's decayed usage after settling, as a string.
 
@@ -71,6 +79,8 @@ local fail_timeout_ms = tonumber(ARGV[15])
 local retry_after_ms = tonumber(ARGV[16])
 local lease_id = ARGV[17]
 local latency = tonumber(ARGV[18])
+local budget_reserved = tonumber(ARGV[19])
+local budget_used = tonumber(ARGV[20])
 
 local time = redis.call("TIME")
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -137,6 +147,16 @@ if latency >= 0 then
     "HSET", KEYS[8], target_id .. ":avg", tostring(average), target_id .. ":n", tostring(weight),
     target_id .. ":at", now_ms
   )
+end
+
+if budget_reserved >= 0 and lease_id ~= "" then
+  local reserved_member = lease_id .. "|" .. budget_reserved
+  local at_ms = redis.call("ZSCORE", KEYS[10], reserved_member)
+  if at_ms then
+    redis.call("ZREM", KEYS[10], reserved_member)
+    redis.call("ZADD", KEYS[10], at_ms, lease_id .. "|" .. budget_used)
+    redis.call("HINCRBY", KEYS[9], target_id, budget_used - budget_reserved)
+  end
 end
 
 local out_until_ms = 0

@@ -3,8 +3,15 @@
 --
 -- Every algorithm shares the same first step: of the targets the proxy marked eligible
 -- (right model, not tried yet), drop those the circuit breaker holds out of rotation
--- (failures recorded by record_usage.lua, or an upstream 429's Retry-After). The
--- algorithm then chooses among what is left:
+-- (failures recorded by record_usage.lua, or an upstream 429's Retry-After), and those
+-- whose budget (tokenlb's limits extension) this request would overrun: a target with
+-- tokens_per_minute / requests_per_minute keeps the reservations of the last 60 s in a
+-- sorted set; it is skipped when its requests + 1 would exceed requests_per_minute, or its
+-- tokens + this request's tokens would exceed tokens_per_minute (a request larger than the
+-- whole budget may still run alone in a window holding no tokens). The chosen target's
+-- reservation is added in the same call, so the budget holds for the whole fleet;
+-- record_usage.lua swaps it for the tokens really used. The algorithm then chooses among
+-- what is left:
 --   lowest-usage  the lowest forward-decayed usage per unit of weight; the request's
 --                 estimate is reserved on the choice. Usage is stored as
 --                 amount * 2^((t - epoch) / half_life); every member shares the epoch, so
@@ -49,16 +56,22 @@
 -- KEYS[7]  latency hash: "<target id>:avg" (decayed average, ms or ms per token),
 --          "<target id>:n" (decayed sample weight), "<target id>:at" (last sample, ms),
 --          "<target id>:probe" (last exploration, ms)
+-- KEYS[8]  budget hash: target id -> tokens in its window
+-- KEYS[8 + i]  (only when budgets = "1") the budget window of the i-th target: sorted set
+--          "<lease id>|<tokens>" -> reservation time (ms)
 -- ARGV[1]  algorithm      "lowest-usage", "round-robin", "least-connections",
 --                         "consistent-hashing", "lowest-latency" or "priority"
 -- ARGV[2]  half_life_ms   decay half-life of usage and latency, and the exploration
 --                         interval of lowest-latency, in milliseconds (> 0)
 -- ARGV[3]  roll_after     rescale when (now - epoch) / half_life exceeds this (half-lives)
 -- ARGV[4]  count          number of targets that follow
--- ARGV[5..] count groups of 6: target_id, weight (integer > 0), estimate (counted units,
+-- ARGV[5]  budgets        "1" when KEYS[8 + i] are passed (some target has limits), else "0"
+-- ARGV[6..] count groups of 9: target_id, weight (integer > 0), estimate (counted units,
 --          >= 0), eligible ("1" may be chosen, "0" only takes part in the slow-start
 --          average), lease_ms (how long an in-flight lease on it lives, ms; > 0), tier
---          (integer >= 0; lower tiers are preferred)
+--          (integer >= 0; lower tiers are preferred), tokens (this request's budget
+--          reservation, integer >= 0), tokens_per_minute and requests_per_minute (the
+--          target's limits, integers; 0: none)
 --
 -- Returns {index, now_ms, score, blocked, retry_at_ms, lease_id}: index is the 1-based
 -- position of the chosen target in the ARGV list (0 when none); now_ms the server time of
@@ -66,26 +79,35 @@
 -- would be truncated), the chosen target's decayed usage per unit of weight before the
 -- reservation (lowest-usage), its in-flight count before this request
 -- (least-connections) or its average latency (lowest-latency), else "0"; when nothing
--- was chosen although some target was
--- eligible, blocked = "broken" and retry_at_ms the soonest time one of them returns to
--- rotation, else "" and 0; lease_id the in-flight lease taken ("" when none).
+-- was chosen although some target was eligible: blocked = "broken" when every one of them
+-- is out of rotation, else "tokens" or "requests" (the limit that holds back the one that
+-- frees up first), and retry_at_ms the soonest time one of them can take this request;
+-- otherwise "" and 0; lease_id the lease taken for an in-flight count or a budget
+-- reservation ("" when none).
 
 local algorithm = ARGV[1]
 local half_life_ms = tonumber(ARGV[2])
 local roll_after = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
+local budgets = ARGV[5] == "1"
 
-local GROUP = 6
+local GROUP = 9
 local ids, weights, estimates, eligible, lease_ms, tiers = {}, {}, {}, {}, {}, {}
+local tokens, tokens_per_minute, requests_per_minute = {}, {}, {}
 for i = 1, count do
-  local base = 4 + (i - 1) * GROUP
+  local base = 5 + (i - 1) * GROUP
   ids[i] = ARGV[base + 1]
   weights[i] = tonumber(ARGV[base + 2])
   estimates[i] = tonumber(ARGV[base + 3])
   eligible[i] = ARGV[base + 4] == "1"
   lease_ms[i] = tonumber(ARGV[base + 5])
   tiers[i] = tonumber(ARGV[base + 6])
+  tokens[i] = tonumber(ARGV[base + 7])
+  tokens_per_minute[i] = tonumber(ARGV[base + 8])
+  requests_per_minute[i] = tonumber(ARGV[base + 9])
 end
+-- Budgets are per minute: a reservation counts for 60 s from the time it was made.
+local WINDOW_MS = 60000
 
 local time = redis.call("TIME")
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
@@ -114,6 +136,56 @@ if count == 0 then
   return {0, now_ms, "0", "", 0, ""}
 end
 
+-- A target's budget window with the reservations older than WINDOW_MS swept away:
+-- returns its requests and tokens.
+local function budget_window(i)
+  local key = KEYS[8 + i]
+  local cutoff = now_ms - WINDOW_MS
+  local expired = redis.call("ZRANGEBYSCORE", key, "-inf", cutoff)
+  if #expired > 0 then
+    local freed = 0
+    for _, member in ipairs(expired) do
+      freed = freed + tonumber(string.match(member, "|(%d+)$"))
+    end
+    redis.call("ZREMRANGEBYSCORE", key, "-inf", cutoff)
+    redis.call("HINCRBY", KEYS[8], ids[i], -freed)
+  end
+  local requests = redis.call("ZCARD", key)
+  if requests == 0 then
+    redis.call("HDEL", KEYS[8], ids[i])
+    return 0, 0
+  end
+  return requests, tonumber(redis.call("HGET", KEYS[8], ids[i])) or 0
+end
+
+-- When an over-budget target can take this request: once enough of its oldest
+-- reservations have left the window. Returns that time and the limit that held it back.
+local function budget_retry_at(i, requests, used)
+  local key = KEYS[8 + i]
+  local at_ms, reason = now_ms, "tokens"
+  local rpm = requests_per_minute[i]
+  if rpm > 0 and requests + 1 > rpm then
+    local oldest = redis.call("ZRANGE", key, requests - rpm, requests - rpm, "WITHSCORES")
+    at_ms, reason = tonumber(oldest[2]) + WINDOW_MS, "requests"
+  end
+  local tpm = tokens_per_minute[i]
+  if tpm > 0 and used + tokens[i] > tpm then
+    local members = redis.call("ZRANGE", key, 0, -1, "WITHSCORES")
+    local freed = 0
+    for m = 1, #members, 2 do
+      freed = freed + tonumber(string.match(members[m], "|(%d+)$"))
+      if used - freed + tokens[i] <= tpm or freed >= used then
+        local tokens_at_ms = tonumber(members[m + 1]) + WINDOW_MS
+        if tokens_at_ms >= at_ms then
+          at_ms, reason = tokens_at_ms, "tokens"
+        end
+        break
+      end
+    end
+  end
+  return at_ms, reason
+end
+
 -- Circuit breaker: an eligible target whose "until" lies ahead is out of rotation.
 local fields = {}
 for i = 1, count do
@@ -122,16 +194,25 @@ end
 local untils = redis.call("HMGET", KEYS[4], unpack(fields))
 local available = {}
 local any_available = false
-local blocked, retry_at_ms = "", 0
+local broken_until = {}
+local over_budget = {}
 local best_tier = nil
 for i = 1, count do
   if eligible[i] then
     local until_ms = tonumber(untils[i])
+    local fits = true
     if until_ms ~= nil and until_ms > now_ms then
-      if retry_at_ms == 0 or until_ms < retry_at_ms then
-        blocked, retry_at_ms = "broken", until_ms
+      broken_until[i] = until_ms
+      fits = false
+    elseif budgets and (tokens_per_minute[i] > 0 or requests_per_minute[i] > 0) then
+      local requests, used = budget_window(i)
+      local rpm, tpm = requests_per_minute[i], tokens_per_minute[i]
+      if (rpm > 0 and requests + 1 > rpm) or (tpm > 0 and used > 0 and used + tokens[i] > tpm) then
+        over_budget[i] = {requests, used}
+        fits = false
       end
-    else
+    end
+    if fits then
       available[i] = true
       any_available = true
       if best_tier == nil or tiers[i] < best_tier then
@@ -167,6 +248,12 @@ end
 
 local best, best_score = 0, 0
 local lease_id = ""
+local function take_lease()
+  if lease_id == "" then
+    lease_id = tostring(redis.call("HINCRBY", KEYS[2], "lease_seq", 1))
+  end
+  return lease_id
+end
 if algorithm == "lowest-usage" then
   -- Slow start: a target the set has never seen starts at the average weighted usage of
   -- the targets it has, so a newly added target is not flooded with every request.
@@ -233,8 +320,7 @@ elseif algorithm == "least-connections" and any_available then
   end
   best = round_robin(tied)
   best_score = in_flight[best]
-  lease_id = tostring(redis.call("HINCRBY", KEYS[2], "lease_seq", 1))
-  redis.call("ZADD", KEYS[5], now_ms + lease_ms[best], ids[best] .. "|" .. lease_id)
+  redis.call("ZADD", KEYS[5], now_ms + lease_ms[best], ids[best] .. "|" .. take_lease())
   redis.call("HINCRBY", KEYS[6], ids[best], 1)
 elseif algorithm == "lowest-latency" and any_available then
   local fields = {}
@@ -290,6 +376,34 @@ elseif any_available then
 end
 
 if best == 0 then
+  -- Why nothing was chosen, and when the first of the held-back targets can take it.
+  local blocked, retry_at_ms = "", 0
+  local budget_reason, budget_at_ms = "", 0
+  for i = 1, count do
+    if broken_until[i] ~= nil and (retry_at_ms == 0 or broken_until[i] < retry_at_ms) then
+      retry_at_ms = broken_until[i]
+      blocked = "broken"
+    elseif over_budget[i] ~= nil then
+      local at_ms, reason = budget_retry_at(i, over_budget[i][1], over_budget[i][2])
+      if budget_at_ms == 0 or at_ms < budget_at_ms then
+        budget_at_ms, budget_reason = at_ms, reason
+      end
+    end
+  end
+  if budget_reason ~= "" then
+    blocked = budget_reason
+    if retry_at_ms == 0 or budget_at_ms < retry_at_ms then
+      retry_at_ms = budget_at_ms
+    end
+  end
   return {0, now_ms, "0", blocked, retry_at_ms, ""}
+end
+
+if budgets and (tokens_per_minute[best] > 0 or requests_per_minute[best] > 0) then
+  local key = KEYS[8 + best]
+  redis.call("ZADD", key, now_ms, take_lease() .. "|" .. tokens[best])
+  redis.call("HINCRBY", KEYS[8], ids[best], tokens[best])
+  redis.call("PEXPIRE", key, 2 * WINDOW_MS)
+  redis.call("PEXPIRE", KEYS[8], 2 * WINDOW_MS)
 end
 return {best, now_ms, tostring(best_score), "", 0, lease_id}

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.integration.test_proxy_e2e import (
@@ -18,6 +19,7 @@ from tests.integration.test_proxy_e2e import (
     Mock,
     Proxy,
     messages,
+    openai_error,
     route,
     running_proxy,
     serve_mock,
@@ -55,12 +57,17 @@ def proxy(
     fail_over_500 = {"failover_criteria": ["error", "http_500"]}
     hashing = {"algorithm": "consistent-hashing", **fail_over_500}
     grouped = [{**t, "weight": w} for t, w in zip(trio, (70, 70, 25), strict=True)]
+    limited = [
+        {**trio[0], "limits": {"requests_per_minute": 2}},
+        {**trio[1], "limits": {"tokens_per_minute": 300}},
+    ]
     routes = [
         route("connections", trio, {"algorithm": "least-connections"}),
         route("hashing", trio, hashing),
         route("e2e", trio[:2], {"algorithm": "lowest-latency", "latency_strategy": "e2e"}),
         route("tpot", trio[:2], {"algorithm": "lowest-latency"}),
         route("priority", grouped, {"algorithm": "priority", **fail_over_500}),
+        route("budget", limited, {"algorithm": "round-robin"}),
     ]
     config = write_config(tmp_path_factory.mktemp("algorithms") / "kong.yaml", mock, routes)
     with running_proxy(process_logs, config, store_url) as running:
@@ -182,3 +189,32 @@ def test_priority_uses_the_lower_group_only_when_the_top_group_fails(
     upstream = [r["body"]["model"] for r in mock.requests()]
     assert sorted(upstream[:2]) == ["gpt-4", "gpt-4o-mini"]
     assert upstream[2:] == ["gpt-3.5-turbo"]
+
+
+def test_budgets_skip_full_targets_then_answer_429_with_retry_after(proxy: Proxy) -> None:
+    """gpt-4 may serve 2 requests a minute, gpt-4o-mini 300 tokens; each request reserves
+    its prompt plus its max_tokens (100), then settles to what it used."""
+    used: dict[str, list[int]] = {"gpt-4": [], "gpt-4o-mini": []}
+    refused: openai.RateLimitError | None = None
+    with proxy.client("budget") as client:
+        for i in range(12):
+            try:
+                reply = client.chat.completions.create(
+                    model="any", messages=messages(f"q{i}"), max_tokens=100
+                )
+            except openai.RateLimitError as exc:
+                refused = exc
+                break
+            assert reply.usage is not None
+            used[reply.model].append(reply.usage.total_tokens)
+    assert len(used["gpt-4"]) == 2
+    assert len(used["gpt-4o-mini"]) >= 2
+    assert sum(used["gpt-4o-mini"]) <= 300
+    assert refused is not None
+    # The type is the limit holding back the target that frees up first, as OpenAI says it.
+    limit = refused.response.json()["error"]["type"]
+    assert limit in ("tokens", "requests")
+    error = openai_error(refused.response, 429, limit)
+    assert error["code"] == "rate_limit_exceeded"
+    assert "budget" in error["message"]
+    assert 1 <= int(refused.response.headers["retry-after"]) <= 60

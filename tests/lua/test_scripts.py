@@ -25,9 +25,9 @@ from tokenlb_proxy.store.redis import connect_redis
 KEYS = balancer_keys("lua-tests")
 SCRIPT_NAMES = ("select_target", "record_usage")
 SELECT_KEYS = [KEYS.usage, KEYS.meta, KEYS.round_robin, KEYS.breaker, KEYS.leases]
-SELECT_KEYS += [KEYS.in_flight, KEYS.latency]
+SELECT_KEYS += [KEYS.in_flight, KEYS.latency, KEYS.budget]
 RECORD_KEYS = [KEYS.usage, KEYS.meta, KEYS.totals, KEYS.events, KEYS.breaker, KEYS.leases]
-RECORD_KEYS += [KEYS.in_flight, KEYS.latency]
+RECORD_KEYS += [KEYS.in_flight, KEYS.latency, KEYS.budget]
 #: A half-life so long that decay over a test is below float noise (~1e-11 relative).
 NO_DECAY_MS = 10**12
 
@@ -40,6 +40,9 @@ def candidate(
     eligible: bool = True,
     lease_ms: int = 60_000,
     tier: int = 0,
+    tokens: int = 0,
+    tpm: int = 0,
+    rpm: int = 0,
 ) -> Candidate:
     return Candidate(
         target_id=target_id,
@@ -48,6 +51,9 @@ def candidate(
         eligible=eligible,
         lease_ms=lease_ms,
         tier=tier,
+        tokens=tokens,
+        tokens_per_minute=tpm,
+        requests_per_minute=rpm,
     )
 
 
@@ -94,6 +100,8 @@ class Scripts:
         fail_timeout_ms: int = 10_000,
         retry_after_ms: int = 0,
         latency: float = -1.0,
+        budget_reserved: int = -1,
+        budget_used: int = 0,
     ) -> None:
         await self._before_call()
         settlement = Settlement(
@@ -112,6 +120,8 @@ class Scripts:
             retry_after_ms=retry_after_ms,
             lease_id=selection.lease_id,
             latency=latency,
+            budget_reserved=budget_reserved,
+            budget_used=budget_used,
         )
         await self.store.settle(KEYS, half_life_ms, settlement)
 
@@ -137,12 +147,16 @@ class Scripts:
         retry_after_ms: int = 0,
         lease_id: str = "",
         latency: str = "-1",
+        budget_reserved: int = -1,
+        budget_used: int = 0,
     ) -> str:
         """record_usage.lua called raw, with every ARGV as Redis receives it."""
         args: list[str | int] = [target_id, NO_DECAY_MS, reserved, reserved_at_ms, actual]
         args += [prompt_tokens, completion_tokens, cost, failed, "20", event, "1000"]
         args += [breaker_failure, max_fails, fail_timeout_ms, retry_after_ms, lease_id, latency]
-        reply = await self.raw("record_usage", RECORD_KEYS, args)
+        args += [budget_reserved, budget_used]
+        keys = [*RECORD_KEYS, KEYS.budget_window(target_id)]
+        reply = await self.raw("record_usage", keys, args)
         return str(reply)
 
     async def usage(self) -> dict[str, float]:
@@ -301,8 +315,9 @@ async def test_no_eligible_target_chooses_nothing_and_reserves_nothing(lua: Scri
             NO_DECAY_MS,
             "20",
             2,
-            *("a", 1, "5", "0", 1000, 0),
-            *("b", 1, "5", "0", 1000, 0),
+            "0",
+            *("a", 1, "5", "0", 1000, 0, 0, 0, 0),
+            *("b", 1, "5", "0", 1000, 0, 0, 0, 0),
         ],
     )
     assert reply == [0, reply[1], "0", "", 0, ""]
@@ -981,6 +996,127 @@ async def test_a_stale_target_is_explored_once_per_half_life(lua: Scripts) -> No
     await fail(lua, "slow", max_fails=1)
     nothing = await lua.select(targets, algorithm="lowest-latency", half_life_ms=half_life_ms)
     assert (nothing.index, nothing.blocked) == (None, "broken")
+
+
+# Budgets (limits extension): select_target.lua checks and reserves, record_usage.lua ----
+
+
+async def window(lua: Scripts, target_id: str) -> tuple[list[tuple[str, float]], int]:
+    members = await lua.client.zrange(KEYS.budget_window(target_id), 0, -1, withscores=True)
+    tokens = await lua.client.hget(KEYS.budget, target_id)
+    return [(m, score) for m, score in members], int(tokens or 0)
+
+
+async def age_window(lua: Scripts, target_id: str, ms: int) -> None:
+    """Move every reservation of ``target_id`` ``ms`` into the past."""
+    key = KEYS.budget_window(target_id)
+    members = await lua.client.zrange(key, 0, -1, withscores=True)
+    await lua.client.zadd(key, {member: score - ms for member, score in members})
+
+
+async def test_tokens_per_minute_holds_and_tells_when_it_frees(lua: Scripts) -> None:
+    a = [candidate("a", tokens=40, tpm=100)]
+    first = await lua.select(a, algorithm="round-robin")
+    second = await lua.select(a, algorithm="round-robin")
+    assert (first.index, second.index) == (0, 0)
+    assert first.lease_id
+    assert first.lease_id != second.lease_id
+    members, tokens = await window(lua, "a")
+    assert tokens == 80
+    assert [m for m, _ in members] == [f"{first.lease_id}|40", f"{second.lease_id}|40"]
+    assert members[0][1] == first.reserved_at_ms
+
+    third = await lua.select(a, algorithm="round-robin")  # 80 + 40 > 100
+    assert (third.index, third.blocked) == (None, "tokens")
+    assert third.retry_at_ms == first.reserved_at_ms + 60_000  # one must leave: 40 + 40 fits
+    assert third.lease_id == ""
+
+    # The first used only 10 of its 40: 10 + 40 + 40 fits now.
+    await lua.settle("a", first, reserved=0, actual=0, budget_reserved=40, budget_used=10)
+    assert (await window(lua, "a"))[1] == 50
+    assert (await lua.select(a, algorithm="round-robin")).index == 0
+    assert (await window(lua, "a"))[1] == 90
+
+
+async def test_requests_per_minute_holds_and_tells_when_it_frees(lua: Scripts) -> None:
+    a = [candidate("a", tokens=1, rpm=2)]
+    held = [await lua.select(a, algorithm="lowest-usage") for _ in range(2)]
+    # A failed attempt used no tokens but was a request: it still counts.
+    await lua.settle("a", held[0], reserved=0, actual=0, failed=True, budget_reserved=1)
+    assert (await window(lua, "a"))[1] == 1
+    blocked = await lua.select(a, algorithm="lowest-usage")
+    assert (blocked.index, blocked.blocked) == (None, "requests")
+    assert blocked.retry_at_ms == held[0].reserved_at_ms + 60_000
+
+
+async def test_reservations_leave_the_window_after_a_minute(lua: Scripts) -> None:
+    a = [candidate("a", tokens=60, tpm=100)]
+    assert (await lua.select(a, algorithm="round-robin")).index == 0
+    assert (await lua.select(a, algorithm="round-robin")).index is None
+    await age_window(lua, "a", 60_000)
+    assert (await lua.select(a, algorithm="round-robin")).index == 0  # the old one swept
+    members, tokens = await window(lua, "a")
+    assert (len(members), tokens) == (1, 60)
+    assert 0 < await lua.client.pttl(KEYS.budget_window("a")) <= 120_000
+    assert 0 < await lua.client.pttl(KEYS.budget) <= 120_000
+    # A settle of a reservation that already left the window changes nothing.
+    await age_window(lua, "a", 60_000)
+    gone = await lua.select([candidate("a", tokens=60, tpm=100)], algorithm="round-robin")
+    await lua.settle("a", gone, reserved=0, actual=0, budget_reserved=60, budget_used=99)
+    assert (await window(lua, "a"))[1] == 99
+
+
+async def test_a_request_larger_than_the_budget_runs_alone(lua: Scripts) -> None:
+    big = [candidate("a", tokens=500, tpm=100)]
+    assert (await lua.select(big, algorithm="round-robin")).index == 0
+    assert (await lua.select(big, algorithm="round-robin")).blocked == "tokens"
+
+
+@pytest.mark.parametrize("algorithm", ["lowest-usage", "round-robin", "least-connections"])
+async def test_over_budget_targets_are_skipped(lua: Scripts, algorithm: Algorithm) -> None:
+    targets = [candidate("a", tokens=50, tpm=100), candidate("b", tokens=50)]
+    chosen = [(await lua.select(targets, algorithm=algorithm)).index for _ in range(8)]
+    assert chosen.count(0) == 2  # then a is full for the minute
+    assert chosen[-4:] == [1, 1, 1, 1]
+    assert (await window(lua, "a"))[1] == 100
+    assert await lua.client.exists(KEYS.budget_window("b")) == 0
+
+
+async def test_priority_falls_to_the_lower_group_when_the_top_is_over_budget(
+    lua: Scripts,
+) -> None:
+    targets = [candidate("top", 70, tokens=10, rpm=1), candidate("low", 25, tokens=10, tier=1)]
+    chosen = [(await lua.select(targets, algorithm="priority")).index for _ in range(3)]
+    assert chosen == [0, 1, 1]
+
+
+async def test_over_budget_and_broken_together_report_the_budget(lua: Scripts) -> None:
+    await fail(lua, "a", max_fails=1, fail_timeout_ms=90_000)
+    targets = [candidate("a", tokens=10, rpm=1), candidate("b", tokens=10, rpm=1)]
+    first = await lua.select(targets, algorithm="round-robin")
+    assert first.index == 1
+    nothing = await lua.select(targets, algorithm="round-robin")
+    # b frees up in 60 s, before a is back in 90 s: a 429 the client can wait out.
+    assert (nothing.index, nothing.blocked) == (None, "requests")
+    assert nothing.retry_at_ms == first.reserved_at_ms + 60_000
+
+
+async def test_concurrent_reservations_never_overrun_a_budget(lua: Scripts, redis_url: str) -> None:
+    clients = [connect_redis(redis_url, timeout_s=10.0) for _ in range(4)]
+    try:
+        stores = [RedisStore(client) for client in clients]
+        targets = [candidate("a", tokens=10, tpm=1000), candidate("b", tokens=10, tpm=500)]
+        if lua.flush_before_each_call:
+            await lua.client.script_flush()
+        selections = await asyncio.gather(
+            *(stores[i % 4].select(KEYS, "round-robin", NO_DECAY_MS, targets) for i in range(200))
+        )
+        assert Counter(s.index for s in selections) == {0: 100, 1: 50, None: 50}
+        assert {s.blocked for s in selections if s.index is None} == {"tokens"}
+        assert [(await window(lua, t))[1] for t in ("a", "b")] == [1000, 500]
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 # Script cache and concurrency ------------------------------------------------------------

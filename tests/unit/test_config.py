@@ -338,6 +338,30 @@ def test_priority_groups_targets_by_weight_heaviest_first() -> None:
     assert [t.priority_tier for t in plan.targets] == [1, 0, 0]
 
 
+def test_target_limits_extension_compiles() -> None:
+    doc = with_setting("targets[1].limits", {"tokens_per_minute": 90000})
+    doc["plugins"][0]["config"]["targets"][0]["limits"] = {"requests_per_minute": 500}
+    plan = only_plan(compile_doc(doc))
+    assert [(t.tokens_per_minute, t.requests_per_minute) for t in plan.targets] == [
+        (0, 500),
+        (90000, 0),
+    ]
+    assert [t.budgeted for t in plan.targets] == [True, True]
+    assert not only_plan(compile_doc(global_doc(seed_config()))).targets[0].budgeted
+
+
+@pytest.mark.parametrize(
+    ("limits", "path"),
+    [
+        ({"tokens_per_minute": 0}, "targets[0].limits.tokens_per_minute"),
+        ({"requests_per_minute": -5}, "targets[0].limits.requests_per_minute"),
+        ({"tokens_per_day": 5}, "targets[0].limits.tokens_per_day"),
+    ],
+)
+def test_target_limits_are_validated(limits: dict[str, int], path: str) -> None:
+    assert list(error_paths(with_setting("targets[0].limits", limits))) == [f"{P0}.{path}"]
+
+
 def test_supported_settings_of_the_same_fields_compile() -> None:
     config = seed_config()
     config["balancer"] = {"algorithm": "round-robin", "tokens_count_strategy": "total-tokens"}

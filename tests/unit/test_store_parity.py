@@ -47,8 +47,21 @@ def candidate(
     eligible: bool = True,
     lease_ms: int = 60_000,
     tier: int = 0,
+    tokens: int = 0,
+    tpm: int = 0,
+    rpm: int = 0,
 ) -> Candidate:
-    return Candidate(target_id, weight, estimate, eligible, lease_ms=lease_ms, tier=tier)
+    return Candidate(
+        target_id,
+        weight,
+        estimate,
+        eligible,
+        lease_ms=lease_ms,
+        tier=tier,
+        tokens=tokens,
+        tokens_per_minute=tpm,
+        requests_per_minute=rpm,
+    )
 
 
 class StoreHarness:
@@ -86,7 +99,9 @@ class StoreHarness:
         fail_timeout_ms: int = 10_000,
         retry_after_ms: int = 0,
         latency: float = -1.0,
+        budget_used: int | None = None,
     ) -> None:
+        budgeted = target.tokens_per_minute or target.requests_per_minute
         settlement = Settlement(
             target_id=target.target_id,
             reserved=target.estimate if reserved is None else reserved,
@@ -103,6 +118,8 @@ class StoreHarness:
             retry_after_ms=retry_after_ms,
             lease_id=selection.lease_id,
             latency=latency,
+            budget_reserved=target.tokens if budgeted else -1,
+            budget_used=int(actual) if budget_used is None else budget_used,
         )
         await self.store.settle(KEYS, HALF_LIFE_MS, settlement)
 
@@ -139,6 +156,9 @@ class RedisHarness(StoreHarness):
         for field in await self.client.hkeys(KEYS.latency):
             if field.endswith((":at", ":probe")):
                 await self.client.hincrby(KEYS.latency, field, -ms)
+        for key in await self.client.keys(f"{KEYS.budget_prefix}*"):
+            entries = await self.client.zrange(key, 0, -1, withscores=True)
+            await self.client.zadd(key, {entry: at - ms for entry, at in entries})
         leases = await self.client.zrange(KEYS.leases, 0, -1, withscores=True)
         if leases:
             await self.client.zadd(KEYS.leases, {lease: expiry - ms for lease, expiry in leases})
@@ -462,6 +482,52 @@ async def test_lowest_latency_prefers_the_fastest_and_explores_the_rest(
     await harness.advance(HALF_LIFE_MS)
     chosen = [(await harness.select([fast, slow], "lowest-latency")).index for _ in range(3)]
     assert chosen == [0, 1, 1]
+
+
+async def test_budgets_hold_per_sliding_minute(harness: StoreHarness) -> None:
+    a, b = candidate("a", tokens=40, tpm=100), candidate("b", tokens=10, rpm=2)
+    first = await harness.select([a, b], "round-robin")
+    assert first.index == 0
+    assert (await harness.select([a])).index == 0  # 80 of 100
+    # a is full: b serves; b then is full too (2 requests).
+    assert [(await harness.select([a, b], "round-robin")).index for _ in range(2)] == [1, 1]
+    full = await harness.select([a, b], "round-robin")
+    assert (full.index, full.blocked) == (None, "tokens")
+    assert full.retry_at_ms == first.reserved_at_ms + 60_000
+
+    # a's first request used 15 of its 40 tokens: room for one more.
+    await harness.settle(a, first, 15.0)
+    assert (await harness.select([a, b], "round-robin")).index == 0
+    assert (await harness.select([a])).blocked == "tokens"
+
+    # A minute after the first reservations the window has room again.
+    await harness.advance(30_000)
+    assert (await harness.select([b])).blocked == "requests"
+    await harness.advance(30_000)
+    assert (await harness.select([b])).index == 0
+    assert (await harness.select([a])).index == 0
+
+
+async def test_a_failed_attempt_frees_its_tokens_but_counts_as_a_request(
+    harness: StoreHarness,
+) -> None:
+    a = candidate("a", tokens=60, tpm=100, rpm=3)
+    failed = await harness.select([a])
+    await harness.settle(a, failed, 0.0, failed=True)
+    second = await harness.select([a])
+    assert second.index == 0  # 0 + 60 tokens fits again
+    # Both limits hold the third back (3 requests; 120 tokens): it must wait for the later,
+    # the second's 60 tokens leaving the window.
+    await harness.advance(1_000)
+    third = await harness.select([a])
+    assert (third.index, third.blocked) == (None, "tokens")
+    assert third.retry_at_ms == second.reserved_at_ms + 60_000
+    # With only 10 tokens it fits; the next is held back by the requests limit alone.
+    small = candidate("a", tokens=10, tpm=100, rpm=3)
+    assert (await harness.select([small])).index == 0
+    fourth = await harness.select([small])
+    assert (fourth.index, fourth.blocked) == (None, "requests")
+    assert fourth.retry_at_ms == failed.reserved_at_ms + 60_000
 
 
 # ResilientStore --------------------------------------------------------------------------

@@ -60,6 +60,15 @@ class BalancerKeys(msgspec.Struct, frozen=True):
     in_flight: str
     #: Hash, lowest-latency state per target: "<target id>:avg", ":n", ":at", ":probe".
     latency: str
+    #: Hash, target id -> tokens reserved or used in its budget window (limits extension).
+    budget: str
+    #: Prefix of the per-target budget windows: sorted sets "<lease id>|<tokens>" -> time
+    #: (ms) of the reservation, the last minute of them.
+    budget_prefix: str
+
+    def budget_window(self, target_id: str) -> str:
+        """The budget window of ``target_id`` (a key under the balancer's hash tag)."""
+        return f"{self.budget_prefix}{target_id}"
 
     def rollup(self, minute: int) -> str:
         """The rollup hash of the minute starting at ``minute * 60`` (Unix seconds)."""
@@ -82,6 +91,8 @@ def balancer_keys(balancer_id: str) -> BalancerKeys:
         leases=f"{base}:leases",
         in_flight=f"{base}:inflight",
         latency=f"{base}:latency",
+        budget=f"{base}:budget",
+        budget_prefix=f"{base}:budget:",
     )
 
 

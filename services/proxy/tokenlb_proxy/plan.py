@@ -50,6 +50,13 @@ class UpstreamTarget:
     log_payloads: bool
     #: priority: the rank of this target's weight among the distinct weights, heaviest 0.
     priority_tier: int = 0
+    #: ``limits`` (tokenlb extension): budgets per sliding minute, 0 for none.
+    tokens_per_minute: int = 0
+    requests_per_minute: int = 0
+
+    @property
+    def budgeted(self) -> bool:
+        return bool(self.tokens_per_minute or self.requests_per_minute)
 
     def __repr__(self) -> str:
         # Auth values are secrets: never part of a repr that may reach a log.

@@ -23,6 +23,7 @@ from litestar.response import Stream
 from tokenlb_proxy.chat import ParsedRequest, parse_chat_request, upstream_body
 from tokenlb_proxy.errors import (
     BodyTooLarge,
+    BudgetExhausted,
     NoTargetAvailable,
     ProxyError,
     RouteNotFound,
@@ -49,6 +50,7 @@ from tokenlb_proxy.usage import (
     TokenUsage,
     completion_text_tokens,
     counted,
+    estimate_budget_tokens,
     estimate_completion_tokens,
     estimate_prompt_tokens,
     read_completion,
@@ -96,6 +98,8 @@ class _Attempt:
     last_possible: bool
     span_id: str
     started_perf: float
+    #: Tokens reserved in the target's budget window (-1: it has no budget).
+    budget_reserved: int = -1
 
 
 class _Failover(Exception):
@@ -174,6 +178,10 @@ class ProxyService:
             )
             for target in plan.targets
         ]
+        budget_tokens = [
+            estimate_budget_tokens(view, target, exchange.prompt_estimate) if target.budgeted else 0
+            for target in plan.targets
+        ]
         algorithm, tiers = _ranking(plan, exchange.request.headers.get(plan.hash_on_header))
         tried: set[int] = set()
         last_failure: _Failover | None = None
@@ -186,6 +194,9 @@ class ProxyService:
                     eligible=t.index in allowed and t.index not in tried,
                     lease_ms=plan.lease_ms,
                     tier=tiers[t.index],
+                    tokens=budget_tokens[t.index],
+                    tokens_per_minute=t.tokens_per_minute,
+                    requests_per_minute=t.requests_per_minute,
                 )
                 for t in plan.targets
             ]
@@ -204,6 +215,7 @@ class ProxyService:
                 last_possible=number == plan.retries or len(tried) >= len(allowed),
                 span_id=new_span_id(),
                 started_perf=time.perf_counter(),
+                budget_reserved=budget_tokens[target.index] if target.budgeted else -1,
             )
             try:
                 if exchange.stream:
@@ -499,6 +511,8 @@ class ProxyService:
             event=event,
             lease_id=attempt.selection.lease_id,
             latency=_latency_sample(plan, event),
+            budget_reserved=attempt.budget_reserved,
+            budget_used=prompt + completion,
         )
         self._spawn(self._settle(plan, settlement))
 
@@ -546,6 +560,7 @@ class ProxyService:
                 fail_timeout_ms=plan.fail_timeout_ms,
                 retry_after_ms=retry_after_ms,
                 lease_id=attempt.selection.lease_id,
+                budget_reserved=attempt.budget_reserved,
             ),
         )
 
@@ -606,9 +621,17 @@ def _latency_sample(plan: BalancerPlan, event: UsageEvent) -> float:
 
 
 def _nothing_available(selection: Selection) -> ProxyError:
-    """Every target that could serve the request is out of rotation: 503 with Retry-After
-    set to when the first of them returns (Kong answers 500 with no hint)."""
+    """Every target that could serve the request is out of rotation (503) or over its
+    budget (429), with Retry-After set to when the first of them can take it (Kong answers
+    500 with no hint)."""
     wait_s = max(1, math.ceil((selection.retry_at_ms - selection.reserved_at_ms) / 1000))
+    if selection.blocked in ("tokens", "requests"):
+        return BudgetExhausted(
+            f"every target for this request is over its {selection.blocked}-per-minute budget; "
+            f"retry in {wait_s} s",
+            limit=selection.blocked,
+            headers={"retry-after": str(wait_s)},
+        )
     return NoTargetAvailable(
         "every target for this request is out of rotation (circuit breaker open or upstream "
         f"rate limit); the first returns in {wait_s} s",

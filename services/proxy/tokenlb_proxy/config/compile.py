@@ -244,7 +244,7 @@ def _compile_targets(targets: tuple[Target, ...]) -> tuple[UpstreamTarget, ...]:
         seen[target_id] = seen.get(target_id, 0) + 1
         if seen[target_id] > 1:
             target_id = f"{target_id}-{seen[target_id]}"
-        auth = target.auth
+        auth, limits = target.auth, target.limits
         headers: tuple[tuple[str, str], ...] = ()
         query: tuple[tuple[str, str], ...] = ()
         body: tuple[tuple[str, str], ...] = ()
@@ -276,6 +276,8 @@ def _compile_targets(targets: tuple[Target, ...]) -> tuple[UpstreamTarget, ...]:
                 log_statistics=target.logging.log_statistics,
                 log_payloads=target.logging.log_payloads,
                 priority_tier=tiers[target.weight],
+                tokens_per_minute=(limits.tokens_per_minute or 0) if limits else 0,
+                requests_per_minute=(limits.requests_per_minute or 0) if limits else 0,
             )
         )
     return tuple(compiled)

@@ -56,6 +56,11 @@ class Candidate(msgspec.Struct, frozen=True):
     #: (consistent-hashing ranks targets in the order the request's key tries them;
     #: priority puts each group of equal weight in a tier, the heaviest first).
     tier: int = 0
+    #: Budgets (the ``limits`` extension): the tokens this request reserves on the target,
+    #: and its limits per sliding minute (0: none).
+    tokens: int = 0
+    tokens_per_minute: int = 0
+    requests_per_minute: int = 0
 
 
 class Selection(msgspec.Struct, frozen=True):
@@ -69,11 +74,13 @@ class Selection(msgspec.Struct, frozen=True):
     #: Which store made the reservation ("redis" or "local"); settle on the same one.
     backend: str = "local"
     #: Why nothing was chosen although some candidate was eligible: "broken" (every one
-    #: is out of rotation); "" otherwise.
+    #: is out of rotation), "tokens" or "requests" (some are over their budget, this
+    #: limit holding back the first to free up); "" otherwise.
     blocked: str = ""
-    #: With ``blocked``: store time (ms) when the first of them is back in rotation.
+    #: With ``blocked``: store time (ms) when the first of them can take the request.
     retry_at_ms: int = 0
-    #: The in-flight lease taken (least-connections); hand it back when settling.
+    #: The lease taken for an in-flight count (least-connections) or a budget
+    #: reservation; hand it back when settling.
     lease_id: str = ""
 
 
@@ -105,6 +112,10 @@ class Settlement(msgspec.Struct, frozen=True):
     #: lowest-latency: this attempt's latency sample (ms, or ms per output token) for the
     #: target's decayed average; negative: none.
     latency: float = -1.0
+    #: Budgets: the tokens the selection reserved under ``lease_id`` (negative: none), and
+    #: the tokens really used (0 for a failed attempt, which still counts as a request).
+    budget_reserved: int = -1
+    budget_used: int = 0
 
 
 class TargetTotals(msgspec.Struct):

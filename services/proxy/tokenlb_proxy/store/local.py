@@ -21,6 +21,7 @@ from tokenlb_proxy.store.base import (
     Settlement,
     TargetTotals,
 )
+from tokenlb_proxy.store.local_budget import BudgetWindow
 
 __all__ = ["LocalStore"]
 
@@ -55,6 +56,7 @@ class _Latency:
 class _BalancerState:
     __slots__ = (
         "breakers",
+        "budgets",
         "epoch_ms",
         "in_flight",
         "latency",
@@ -81,6 +83,7 @@ class _BalancerState:
         self.in_flight: dict[str, int] = {}
         self.lease_seq = 0
         self.latency: dict[str, _Latency] = {}
+        self.budgets: dict[str, BudgetWindow] = {}
 
 
 class LocalStore:
@@ -133,14 +136,24 @@ class LocalStore:
         if not candidates:
             return Selection(None, now_ms, 0.0)
         available: list[bool] = []
-        blocked, retry_at_ms = "", 0
-        for c in candidates:
+        broken_until: dict[int, int] = {}
+        over_budget: list[int] = []
+        for index, c in enumerate(candidates):
             breaker = state.breakers.get(c.target_id)
             until_ms = breaker.until_ms if breaker is not None else 0
-            broken = c.eligible and until_ms > now_ms
-            if broken and (retry_at_ms == 0 or until_ms < retry_at_ms):
-                blocked, retry_at_ms = "broken", until_ms
-            available.append(c.eligible and not broken)
+            fits = c.eligible
+            if c.eligible and until_ms > now_ms:
+                broken_until[index] = until_ms
+                fits = False
+            elif c.eligible and (c.tokens_per_minute or c.requests_per_minute):
+                window = state.budgets.setdefault(c.target_id, BudgetWindow())
+                requests, used = window.sweep(now_ms)
+                if window.over(
+                    requests, used, c.tokens, c.tokens_per_minute, c.requests_per_minute
+                ):
+                    over_budget.append(index)
+                    fits = False
+            available.append(fits)
         tiers = [c.tier for i, c in enumerate(candidates) if available[i]]
         if tiers:
             best_tier = min(tiers)
@@ -165,8 +178,44 @@ class LocalStore:
         elif any(available):
             best = self._round_robin(state, candidates, available)
         if best is None:
+            blocked, retry_at_ms = self._blocked(
+                state, candidates, broken_until, over_budget, now_ms
+            )
             return Selection(None, now_ms, 0.0, blocked=blocked, retry_at_ms=retry_at_ms)
+        chosen = candidates[best]
+        if chosen.tokens_per_minute or chosen.requests_per_minute:
+            if not lease_id:
+                state.lease_seq += 1
+                lease_id = str(state.lease_seq)
+            window = state.budgets.setdefault(chosen.target_id, BudgetWindow())
+            window.reserve(lease_id, chosen.tokens, now_ms)
         return Selection(best, now_ms, best_score, lease_id=lease_id)
+
+    @staticmethod
+    def _blocked(
+        state: _BalancerState,
+        candidates: Sequence[Candidate],
+        broken_until: dict[int, int],
+        over_budget: list[int],
+        now_ms: int,
+    ) -> tuple[str, int]:
+        """select_target.lua's account of why nothing was chosen, and until when."""
+        blocked, retry_at_ms = "", 0
+        if broken_until:
+            blocked, retry_at_ms = "broken", min(broken_until.values())
+        budget_reason, budget_at_ms = "", 0
+        for index in over_budget:
+            c = candidates[index]
+            at_ms, reason = state.budgets[c.target_id].retry_at(
+                c.tokens, c.tokens_per_minute, c.requests_per_minute, now_ms
+            )
+            if budget_at_ms == 0 or at_ms < budget_at_ms:
+                budget_at_ms, budget_reason = at_ms, reason
+        if budget_reason:
+            blocked = budget_reason
+            if retry_at_ms == 0 or budget_at_ms < retry_at_ms:
+                retry_at_ms = budget_at_ms
+        return blocked, retry_at_ms
 
     def _least_connections(
         self,
@@ -301,6 +350,9 @@ class LocalStore:
         lease = (target_id, settlement.lease_id)
         if settlement.lease_id and state.leases.pop(lease, None) is not None:
             self._release(state, target_id)
+        window = state.budgets.get(target_id)
+        if settlement.budget_reserved >= 0 and settlement.lease_id and window is not None:
+            window.settle(settlement.lease_id, settlement.budget_reserved, settlement.budget_used)
         if settlement.latency >= 0:
             self._add_latency(state, settlement, now_ms, half_life_ms)
         self._feed_breaker(state, settlement, now_ms)

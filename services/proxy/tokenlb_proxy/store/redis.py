@@ -63,23 +63,26 @@ class RedisStore:
         half_life_ms: int,
         candidates: Sequence[Candidate],
     ) -> Selection:
+        budgets = any(c.tokens_per_minute or c.requests_per_minute for c in candidates)
         args: list[str | int | float] = [algorithm, half_life_ms, self._roll_after]
-        args.append(len(candidates))
+        args += [len(candidates), "1" if budgets else "0"]
         for c in candidates:
             eligible = "1" if c.eligible else "0"
             args += [c.target_id, c.weight, repr(c.estimate), eligible, c.lease_ms, c.tier]
-        reply = await self._select_target(
-            keys=[
-                keys.usage,
-                keys.meta,
-                keys.round_robin,
-                keys.breaker,
-                keys.leases,
-                keys.in_flight,
-                keys.latency,
-            ],
-            args=args,
-        )
+            args += [c.tokens, c.tokens_per_minute, c.requests_per_minute]
+        select_keys = [
+            keys.usage,
+            keys.meta,
+            keys.round_robin,
+            keys.breaker,
+            keys.leases,
+            keys.in_flight,
+            keys.latency,
+            keys.budget,
+        ]
+        if budgets:
+            select_keys += [keys.budget_window(c.target_id) for c in candidates]
+        reply = await self._select_target(keys=select_keys, args=args)
         index = int(reply[0])
         return Selection(
             index=index - 1 if index > 0 else None,
@@ -103,6 +106,8 @@ class RedisStore:
                 keys.leases,
                 keys.in_flight,
                 keys.latency,
+                keys.budget,
+                keys.budget_window(settlement.target_id),
             ],
             args=[
                 settlement.target_id,
@@ -123,6 +128,8 @@ class RedisStore:
                 settlement.retry_after_ms,
                 settlement.lease_id,
                 repr(settlement.latency),
+                settlement.budget_reserved,
+                settlement.budget_used,
             ],
         )
 
