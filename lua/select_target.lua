@@ -65,13 +65,16 @@
 --                         interval of lowest-latency, in milliseconds (> 0)
 -- ARGV[3]  roll_after     rescale when (now - epoch) / half_life exceeds this (half-lives)
 -- ARGV[4]  count          number of targets that follow
--- ARGV[5]  budgets        "1" when KEYS[8 + i] are passed (some target has limits), else "0"
--- ARGV[6..] count groups of 9: target_id, weight (integer > 0), estimate (counted units,
+-- ARGV[5]  ranked         "1" when each target carries a tier, else "0" (all tiers 0)
+-- ARGV[6]  budgets        "1" when each target carries its budget and KEYS[8 + i] are
+--                         passed (some target has limits), else "0"
+-- ARGV[7..] count groups, each: target_id, weight (integer > 0), estimate (counted units,
 --          >= 0), eligible ("1" may be chosen, "0" only takes part in the slow-start
---          average), lease_ms (how long an in-flight lease on it lives, ms; > 0), tier
---          (integer >= 0; lower tiers are preferred), tokens (this request's budget
---          reservation, integer >= 0), tokens_per_minute and requests_per_minute (the
---          target's limits, integers; 0: none)
+--          average); then tier (integer >= 0; lower tiers are preferred) when ranked;
+--          lease_ms (how long an in-flight lease lives, ms; > 0) for least-connections;
+--          tokens (this request's budget reservation, integer >= 0), tokens_per_minute
+--          and requests_per_minute (the target's limits, integers; 0: none) when budgets.
+--          Only what the call needs travels, so the common case stays 4 fields a target.
 --
 -- Returns {index, now_ms, score, blocked, retry_at_ms, lease_id}: index is the 1-based
 -- position of the chosen target in the ARGV list (0 when none); now_ms the server time of
@@ -89,22 +92,35 @@ local algorithm = ARGV[1]
 local half_life_ms = tonumber(ARGV[2])
 local roll_after = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
-local budgets = ARGV[5] == "1"
+local ranked = ARGV[5] == "1"
+local budgets = ARGV[6] == "1"
+local leased = algorithm == "least-connections"
 
-local GROUP = 9
 local ids, weights, estimates, eligible, lease_ms, tiers = {}, {}, {}, {}, {}, {}
 local tokens, tokens_per_minute, requests_per_minute = {}, {}, {}
+local at = 7
 for i = 1, count do
-  local base = 5 + (i - 1) * GROUP
-  ids[i] = ARGV[base + 1]
-  weights[i] = tonumber(ARGV[base + 2])
-  estimates[i] = tonumber(ARGV[base + 3])
-  eligible[i] = ARGV[base + 4] == "1"
-  lease_ms[i] = tonumber(ARGV[base + 5])
-  tiers[i] = tonumber(ARGV[base + 6])
-  tokens[i] = tonumber(ARGV[base + 7])
-  tokens_per_minute[i] = tonumber(ARGV[base + 8])
-  requests_per_minute[i] = tonumber(ARGV[base + 9])
+  ids[i] = ARGV[at]
+  weights[i] = tonumber(ARGV[at + 1])
+  estimates[i] = tonumber(ARGV[at + 2])
+  eligible[i] = ARGV[at + 3] == "1"
+  at = at + 4
+  tiers[i] = 0
+  if ranked then
+    tiers[i] = tonumber(ARGV[at])
+    at = at + 1
+  end
+  if leased then
+    lease_ms[i] = tonumber(ARGV[at])
+    at = at + 1
+  end
+  tokens[i], tokens_per_minute[i], requests_per_minute[i] = 0, 0, 0
+  if budgets then
+    tokens[i] = tonumber(ARGV[at])
+    tokens_per_minute[i] = tonumber(ARGV[at + 1])
+    requests_per_minute[i] = tonumber(ARGV[at + 2])
+    at = at + 3
+  end
 end
 -- Budgets are per minute: a reservation counts for 60 s from the time it was made.
 local WINDOW_MS = 60000

@@ -316,8 +316,9 @@ async def test_no_eligible_target_chooses_nothing_and_reserves_nothing(lua: Scri
             "20",
             2,
             "0",
-            *("a", 1, "5", "0", 1000, 0, 0, 0, 0),
-            *("b", 1, "5", "0", 1000, 0, 0, 0, 0),
+            "0",
+            *("a", 1, "5", "0"),
+            *("b", 1, "5", "0"),
         ],
     )
     assert reply == [0, reply[1], "0", "", 0, ""]
@@ -1099,6 +1100,20 @@ async def test_over_budget_and_broken_together_report_the_budget(lua: Scripts) -
     # b frees up in 60 s, before a is back in 90 s: a 429 the client can wait out.
     assert (nothing.index, nothing.blocked) == (None, "requests")
     assert nothing.retry_at_ms == first.reserved_at_ms + 60_000
+
+
+async def test_select_argv_layout_with_every_optional_field(lua: Scripts) -> None:
+    """Raw call: tier, lease_ms and the budget triple all present, as Redis receives them."""
+    keys = [*SELECT_KEYS, KEYS.budget_window("a"), KEYS.budget_window("b")]
+    args = ["least-connections", NO_DECAY_MS, "20", 2, "1", "1"]
+    args += ["a", 1, "0.0", "1", 1, 60_000, 10, 0, 0]  # a: tier 1, no limits
+    args += ["b", 1, "0.0", "1", 0, 60_000, 10, 0, 1]  # b: tier 0, 1 request a minute
+    first = await lua.raw("select_target", keys, args)
+    assert [first[0], first[3]] == [2, ""]
+    assert await lua.client.zcard(KEYS.budget_window("b")) == 1
+    assert await lua.client.zscore(KEYS.leases, f"b|{first[5]}") == first[1] + 60_000
+    second = await lua.raw("select_target", keys, args)
+    assert second[0] == 1  # b is over its budget: the lower tier serves
 
 
 async def test_concurrent_reservations_never_overrun_a_budget(lua: Scripts, redis_url: str) -> None:

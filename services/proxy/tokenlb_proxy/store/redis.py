@@ -64,12 +64,18 @@ class RedisStore:
         candidates: Sequence[Candidate],
     ) -> Selection:
         budgets = any(c.tokens_per_minute or c.requests_per_minute for c in candidates)
+        ranked = any(c.tier for c in candidates)
+        leased = algorithm == "least-connections"
         args: list[str | int | float] = [algorithm, half_life_ms, self._roll_after]
-        args += [len(candidates), "1" if budgets else "0"]
+        args += [len(candidates), "1" if ranked else "0", "1" if budgets else "0"]
         for c in candidates:
-            eligible = "1" if c.eligible else "0"
-            args += [c.target_id, c.weight, repr(c.estimate), eligible, c.lease_ms, c.tier]
-            args += [c.tokens, c.tokens_per_minute, c.requests_per_minute]
+            args += [c.target_id, c.weight, repr(c.estimate), "1" if c.eligible else "0"]
+            if ranked:
+                args.append(c.tier)
+            if leased:
+                args.append(c.lease_ms)
+            if budgets:
+                args += [c.tokens, c.tokens_per_minute, c.requests_per_minute]
         select_keys = [
             keys.usage,
             keys.meta,
