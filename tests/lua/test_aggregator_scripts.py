@@ -357,7 +357,7 @@ async def test_roll_without_meta_does_nothing(lua: Harness) -> None:
 
 
 async def test_roll_without_half_life_does_nothing(lua: Harness) -> None:
-    # select_lowest_usage.lua writes the epoch; only settling writes the half-life.
+    # select_target.lua writes the epoch; only settling writes the half-life.
     epoch = await server_ms(lua.client) - 10 * LONG_HALF_LIFE_MS
     await lua.client.hset(KEYS.meta, "epoch_ms", epoch)
     await lua.client.zadd(KEYS.usage, {"a": 8.0})

@@ -43,7 +43,7 @@ def test_valid_file_exits_0_and_summarises_the_balancer() -> None:
 
 def test_broken_file_exits_1_and_lists_every_error_with_its_path(tmp_path: Path) -> None:
     text = (SEED / "kong-service.yaml").read_text()
-    text = text.replace("algorithm: lowest-usage", "algorithm: lowest-latency")
+    text = text.replace("algorithm: lowest-usage", "algorithm: semantic")
     text = text.replace("tokens_count_strategy: prompt-tokens", "tokens_count_strategy: cost")
     text = text.replace("service: openai-chat", "service: no-such-service", 1)
     broken = tmp_path / "broken.yaml"

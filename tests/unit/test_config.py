@@ -276,17 +276,8 @@ def test_route_plugin_beats_service_plugin_beats_global_plugin() -> None:
 @pytest.mark.parametrize(
     ("setting", "value"),
     [
-        ("balancer.algorithm", "lowest-latency"),
-        ("balancer.algorithm", "consistent-hashing"),
         ("balancer.algorithm", "semantic"),
-        ("balancer.algorithm", "priority"),
-        ("balancer.algorithm", "least-connections"),
         ("balancer.tokens_count_strategy", "llm-accuracy"),
-        ("balancer.max_fails", 3),
-        ("balancer.fail_timeout", 5000),
-        ("balancer.latency_strategy", "e2e"),
-        ("balancer.hash_on_header", "X-User"),
-        ("balancer.slots", 100),
         ("targets[0].model.provider", "anthropic"),
         ("targets[1].model.provider", "azure"),
         ("targets[0].route_type", "llm/v1/embeddings"),
@@ -306,6 +297,69 @@ def test_unsupported_setting_is_rejected_at_its_path(setting: str, value: Any) -
     [error] = errors_of(with_setting(setting, value))
     assert error.path == f"{P0}.{setting}"
     assert "not supported yet" in error.message
+
+
+def test_circuit_breaker_settings_compile() -> None:
+    config = seed_config()
+    config["balancer"] = {"max_fails": 3, "fail_timeout": 5000}
+    plan = only_plan(compile_doc(global_doc(config)))
+    assert (plan.max_fails, plan.fail_timeout_ms) == (3, 5000)
+    # Kong's defaults: off, 10 s.
+    default = only_plan(compile_doc(global_doc(seed_config())))
+    assert (default.max_fails, default.fail_timeout_ms) == (0, 10000)
+
+
+def test_consistent_hashing_compiles_its_buckets() -> None:
+    config = seed_config()
+    config["balancer"] = {
+        "algorithm": "consistent-hashing",
+        "hash_on_header": "X-User",
+        "slots": 100,
+    }
+    plan = only_plan(compile_doc(global_doc(config)))
+    assert plan.algorithm == "consistent-hashing"
+    assert plan.hash_on_header == "x-user"
+    assert plan.hashing is not None
+    assert plan.hashing.slots == 100
+    # Other algorithms need none.
+    assert only_plan(compile_doc(global_doc(seed_config()))).hashing is None
+
+
+def test_priority_groups_targets_by_weight_heaviest_first() -> None:
+    config = seed_config()
+    config["balancer"] = {"algorithm": "priority"}
+    extra = copy.deepcopy(config["targets"][1])
+    extra["model"]["name"] = "gpt-3.5-turbo"
+    config["targets"].append(extra)
+    for target, weight in zip(config["targets"], (25, 70, 70), strict=True):
+        target["weight"] = weight
+    plan = only_plan(compile_doc(global_doc(config)))
+    assert plan.algorithm == "priority"
+    assert [t.priority_tier for t in plan.targets] == [1, 0, 0]
+
+
+def test_target_limits_extension_compiles() -> None:
+    doc = with_setting("targets[1].limits", {"tokens_per_minute": 90000})
+    doc["plugins"][0]["config"]["targets"][0]["limits"] = {"requests_per_minute": 500}
+    plan = only_plan(compile_doc(doc))
+    assert [(t.tokens_per_minute, t.requests_per_minute) for t in plan.targets] == [
+        (0, 500),
+        (90000, 0),
+    ]
+    assert [t.budgeted for t in plan.targets] == [True, True]
+    assert not only_plan(compile_doc(global_doc(seed_config()))).targets[0].budgeted
+
+
+@pytest.mark.parametrize(
+    ("limits", "path"),
+    [
+        ({"tokens_per_minute": 0}, "targets[0].limits.tokens_per_minute"),
+        ({"requests_per_minute": -5}, "targets[0].limits.requests_per_minute"),
+        ({"tokens_per_day": 5}, "targets[0].limits.tokens_per_day"),
+    ],
+)
+def test_target_limits_are_validated(limits: dict[str, int], path: str) -> None:
+    assert list(error_paths(with_setting("targets[0].limits", limits))) == [f"{P0}.{path}"]
 
 
 def test_supported_settings_of_the_same_fields_compile() -> None:
@@ -533,9 +587,12 @@ def test_two_global_plugins_are_an_error() -> None:
 
 
 def test_plugin_with_a_dangling_reference_still_has_its_config_checked() -> None:
-    doc = with_setting("balancer.max_fails", 3)
+    doc = with_setting("targets[1].model.options.top_k", 40)
     doc["plugins"][0]["route"] = "ghost"
-    assert [e.path for e in errors_of(doc)] == ["plugins[0].route", f"{P0}.balancer.max_fails"]
+    assert [e.path for e in errors_of(doc)] == [
+        "plugins[0].route",
+        f"{P0}.targets[1].model.options.top_k",
+    ]
 
 
 def test_disabled_plugin_is_skipped() -> None:

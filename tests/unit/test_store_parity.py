@@ -40,9 +40,28 @@ RESILIENT_LOGGER = "tokenlb_proxy.store.resilient"
 
 
 def candidate(
-    target_id: str, weight: int = 1, estimate: float = 0.0, *, eligible: bool = True
+    target_id: str,
+    weight: int = 1,
+    estimate: float = 0.0,
+    *,
+    eligible: bool = True,
+    lease_ms: int = 60_000,
+    tier: int = 0,
+    tokens: int = 0,
+    tpm: int = 0,
+    rpm: int = 0,
 ) -> Candidate:
-    return Candidate(target_id=target_id, weight=weight, estimate=estimate, eligible=eligible)
+    return Candidate(
+        target_id,
+        weight,
+        estimate,
+        eligible,
+        lease_ms=lease_ms,
+        tier=tier,
+        tokens=tokens,
+        tokens_per_minute=tpm,
+        requests_per_minute=rpm,
+    )
 
 
 class StoreHarness:
@@ -61,7 +80,9 @@ class StoreHarness:
     ) -> Selection:
         selection = await self.store.select(KEYS, algorithm, HALF_LIFE_MS, candidates)
         return msgspec.structs.replace(
-            selection, reserved_at_ms=selection.reserved_at_ms + self.offset_ms
+            selection,
+            reserved_at_ms=selection.reserved_at_ms + self.offset_ms,
+            retry_at_ms=selection.retry_at_ms + self.offset_ms if selection.retry_at_ms else 0,
         )
 
     async def settle(
@@ -73,7 +94,14 @@ class StoreHarness:
         reserved: float | None = None,
         failed: bool = False,
         cost: float = 0.0,
+        breaker_failure: bool = False,
+        max_fails: int = 0,
+        fail_timeout_ms: int = 10_000,
+        retry_after_ms: int = 0,
+        latency: float = -1.0,
+        budget_used: int | None = None,
     ) -> None:
+        budgeted = target.tokens_per_minute or target.requests_per_minute
         settlement = Settlement(
             target_id=target.target_id,
             reserved=target.estimate if reserved is None else reserved,
@@ -84,6 +112,14 @@ class StoreHarness:
             cost=cost,
             failed=failed,
             backend=selection.backend,
+            breaker_failure=breaker_failure,
+            max_fails=max_fails,
+            fail_timeout_ms=fail_timeout_ms,
+            retry_after_ms=retry_after_ms,
+            lease_id=selection.lease_id,
+            latency=latency,
+            budget_reserved=target.tokens if budgeted else -1,
+            budget_used=int(actual) if budget_used is None else budget_used,
         )
         await self.store.settle(KEYS, HALF_LIFE_MS, settlement)
 
@@ -113,6 +149,19 @@ class RedisHarness(StoreHarness):
         # (now - epoch) grows by ms; reservation times are shifted with it on settle.
         if await self.client.hexists(KEYS.meta, "epoch_ms"):
             await self.client.hincrby(KEYS.meta, "epoch_ms", -ms)
+        # Every absolute server time the scripts stored moves back by as much.
+        for field in await self.client.hkeys(KEYS.breaker):
+            if field.endswith((":until", ":since")):
+                await self.client.hincrby(KEYS.breaker, field, -ms)
+        for field in await self.client.hkeys(KEYS.latency):
+            if field.endswith((":at", ":probe")):
+                await self.client.hincrby(KEYS.latency, field, -ms)
+        for key in await self.client.keys(f"{KEYS.budget_prefix}*"):
+            entries = await self.client.zrange(key, 0, -1, withscores=True)
+            await self.client.zadd(key, {entry: at - ms for entry, at in entries})
+        leases = await self.client.zrange(KEYS.leases, 0, -1, withscores=True)
+        if leases:
+            await self.client.zadd(KEYS.leases, {lease: expiry - ms for lease, expiry in leases})
         self.offset_ms += ms
 
 
@@ -281,6 +330,204 @@ async def test_no_eligible_target(harness: StoreHarness) -> None:
         assert (await harness.select([a], algorithm)).index is None
         assert (await harness.select([], algorithm)).index is None
     assert await harness.usage(["a"]) == [0.0]
+
+
+@pytest.mark.parametrize("algorithm", ["lowest-usage", "round-robin"])
+async def test_circuit_breaker_opens_skips_and_closes(
+    harness: StoreHarness, algorithm: Algorithm
+) -> None:
+    a, b = candidate("a", 1, 10.0), candidate("b", 1, 10.0)
+    policy = {"breaker_failure": True, "max_fails": 2, "fail_timeout_ms": 5_000}
+
+    # Failures count in total: a success in between does not reset them.
+    await harness.settle(a, await harness.select([a], algorithm), 0.0, failed=True, **policy)
+    await harness.settle(a, await harness.select([a], algorithm), 10.0)
+    assert (await harness.select([a], algorithm)).index == 0  # one failure so far: still in
+    opened = await harness.select([a], algorithm)
+    await harness.settle(a, opened, 0.0, failed=True, **policy)
+
+    # Out for fail_timeout: every selection skips it; alone, it is reported as broken.
+    assert [(await harness.select([a, b], algorithm)).index for _ in range(3)] == [1, 1, 1]
+    alone = await harness.select([a], algorithm)
+    assert (alone.index, alone.blocked) == (None, "broken")
+    assert alone.retry_at_ms - opened.reserved_at_ms == pytest.approx(5_000, abs=50)
+    # A failure that does not count (say a 404) changes nothing.
+    await harness.advance(4_000)
+    uncounted = {**policy, "breaker_failure": False}
+    await harness.settle(b, await harness.select([b], algorithm), 0.0, failed=True, **uncounted)
+    assert (await harness.select([a], algorithm)).index is None
+
+    await harness.advance(1_100)
+    back = await harness.select([a], algorithm)
+    assert (back.index, back.blocked, back.retry_at_ms) == (0, "", 0)
+
+
+async def test_failures_further_apart_than_fail_timeout_do_not_open(
+    harness: StoreHarness,
+) -> None:
+    a = candidate("a", 1, 10.0)
+    policy = {"breaker_failure": True, "max_fails": 2, "fail_timeout_ms": 1_000}
+    for _ in range(3):
+        await harness.settle(a, await harness.select([a]), 0.0, failed=True, **policy)
+        await harness.advance(1_000)
+    assert (await harness.select([a])).index == 0
+
+
+async def test_retry_after_holds_a_target_out_without_max_fails(harness: StoreHarness) -> None:
+    a, b = candidate("a", 1, 10.0), candidate("b", 1, 10.0)
+    limited = await harness.select([a, b], "round-robin")
+    assert limited.index == 0
+    await harness.settle(a, limited, 0.0, failed=True, retry_after_ms=20_000)
+    await harness.settle(b, await harness.select([b]), 0.0, failed=True, retry_after_ms=5_000)
+
+    both = await harness.select([a, b], "round-robin")
+    assert (both.index, both.blocked) == (None, "broken")
+    assert both.retry_at_ms - limited.reserved_at_ms == pytest.approx(5_000, abs=50)
+    await harness.advance(6_000)
+    assert [(await harness.select([a, b], "round-robin")).index for _ in range(2)] == [1, 1]
+    await harness.advance(15_000)
+    assert (await harness.select([a], "round-robin")).index == 0
+
+
+async def test_least_connections_counts_leases_and_expires_orphans(
+    harness: StoreHarness,
+) -> None:
+    a, b = candidate("a", 2, lease_ms=30_000), candidate("b", 1, lease_ms=30_000)
+    held = [await harness.select([a, b], "least-connections") for _ in range(6)]
+    assert [s.index for s in held] == [0, 0, 1, 0, 1, 0]
+    assert [t.in_flight for t in (await harness.totals(["a", "b"])).values()] == [4, 2]
+
+    # Two of a's requests finish; b's two are orphaned (their replica died).
+    for selection in held[:2]:
+        await harness.settle(a, selection, 10.0)
+    assert (await harness.totals(["a"]))["a"].in_flight == 2
+    assert (await harness.select([a, b], "least-connections")).index == 0  # 3/2 < 3/1
+    await harness.settle(a, held[3], 10.0)
+
+    # Past the lease, the orphans (and every unsettled lease) stop counting.
+    await harness.advance(30_000)
+    after = await harness.select([a, b], "least-connections")
+    assert (after.index, after.score) == (0, 0.0)
+    assert [t.in_flight for t in (await harness.totals(["a", "b"])).values()] == [1, 0]
+    # Settling a swept lease changes nothing.
+    await harness.settle(b, held[2], 10.0)
+    assert (await harness.totals(["b"]))["b"].in_flight == 0
+
+
+async def test_consistent_hashing_walks_the_ranking_past_unavailable_targets(
+    harness: StoreHarness,
+) -> None:
+    ranked = [candidate("a", tier=1), candidate("b", tier=2), candidate("c", tier=0)]
+    assert [(await harness.select(ranked, "consistent-hashing")).index for _ in range(3)] == [2] * 3
+    tried = [ranked[0], ranked[1], candidate("c", tier=0, eligible=False)]
+    assert (await harness.select(tried, "consistent-hashing")).index == 0
+    policy = {"breaker_failure": True, "max_fails": 1, "fail_timeout_ms": 1_000}
+    await harness.settle(
+        ranked[0], await harness.select(tried, "consistent-hashing"), 0.0, failed=True, **policy
+    )
+    assert (await harness.select(tried, "consistent-hashing")).index == 1
+    await harness.advance(1_000)
+    assert (await harness.select(tried, "consistent-hashing")).index == 0
+
+
+@pytest.mark.parametrize(
+    "algorithm", ["lowest-usage", "round-robin", "least-connections", "lowest-latency", "priority"]
+)
+async def test_lower_tiers_serve_only_when_the_higher_is_unavailable(
+    harness: StoreHarness, algorithm: Algorithm
+) -> None:
+    targets = [candidate("low", 1, 5.0, tier=1), candidate("x", 1, 5.0), candidate("y", 1, 5.0)]
+    chosen = [(await harness.select(targets, algorithm)).index for _ in range(6)]
+    assert sorted(set(chosen)) == [1, 2]
+    policy = {"breaker_failure": True, "max_fails": 1, "fail_timeout_ms": 1_000}
+    for target in targets[1:]:
+        await harness.settle(
+            target, await harness.select([target], algorithm), 0.0, failed=True, **policy
+        )
+    assert (await harness.select(targets, algorithm)).index == 0
+
+
+async def test_lowest_latency_prefers_the_fastest_and_explores_the_rest(
+    harness: StoreHarness,
+) -> None:
+    fast, slow, new = candidate("fast"), candidate("slow"), candidate("new")
+
+    # Never measured: each is explored once, in order, then the samples decide.
+    first = await harness.select([fast, slow], "lowest-latency")
+    second = await harness.select([fast, slow], "lowest-latency")
+    assert (first.index, second.index) == (0, 1)
+    await harness.settle(fast, first, 10.0, latency=2.0)
+    await harness.settle(slow, second, 10.0, latency=8.0)
+    chosen = [(await harness.select([fast, slow], "lowest-latency")).index for _ in range(3)]
+    assert chosen == [0, 0, 0]
+    assert (await harness.totals(["fast"]))["fast"].latency == pytest.approx(2.0)
+
+    # A newcomer is explored once, then counts at the average of the others (5).
+    probe = await harness.select([fast, slow, new], "lowest-latency")
+    assert (probe.index, probe.score) == (2, pytest.approx(5.0))
+    assert (await harness.select([fast, slow, new], "lowest-latency")).index == 0
+
+    # fast slows down: a quarter half-life on, its first slow answer (20) weighs 1 against
+    # 2^-0.25 for the old 2, and its mean passes slow's 8.
+    await harness.advance(HALF_LIFE_MS // 4)
+    selection = await harness.select([fast, slow], "lowest-latency")
+    assert selection.index == 0
+    await harness.settle(fast, selection, 10.0, latency=20.0)
+    old_weight = 2.0**-0.25
+    expected = (2.0 * old_weight + 20.0) / (old_weight + 1)
+    assert (await harness.totals(["fast"]))["fast"].latency == pytest.approx(expected, rel=1e-3)
+    assert (await harness.select([fast, slow], "lowest-latency")).index == 1
+
+    # A half-life without news: explored again, once.
+    await harness.advance(HALF_LIFE_MS)
+    chosen = [(await harness.select([fast, slow], "lowest-latency")).index for _ in range(3)]
+    assert chosen == [0, 1, 1]
+
+
+async def test_budgets_hold_per_sliding_minute(harness: StoreHarness) -> None:
+    a, b = candidate("a", tokens=40, tpm=100), candidate("b", tokens=10, rpm=2)
+    first = await harness.select([a, b], "round-robin")
+    assert first.index == 0
+    assert (await harness.select([a])).index == 0  # 80 of 100
+    # a is full: b serves; b then is full too (2 requests).
+    assert [(await harness.select([a, b], "round-robin")).index for _ in range(2)] == [1, 1]
+    full = await harness.select([a, b], "round-robin")
+    assert (full.index, full.blocked) == (None, "tokens")
+    assert full.retry_at_ms == first.reserved_at_ms + 60_000
+
+    # a's first request used 15 of its 40 tokens: room for one more.
+    await harness.settle(a, first, 15.0)
+    assert (await harness.select([a, b], "round-robin")).index == 0
+    assert (await harness.select([a])).blocked == "tokens"
+
+    # A minute after the first reservations the window has room again.
+    await harness.advance(30_000)
+    assert (await harness.select([b])).blocked == "requests"
+    await harness.advance(30_000)
+    assert (await harness.select([b])).index == 0
+    assert (await harness.select([a])).index == 0
+
+
+async def test_a_failed_attempt_frees_its_tokens_but_counts_as_a_request(
+    harness: StoreHarness,
+) -> None:
+    a = candidate("a", tokens=60, tpm=100, rpm=3)
+    failed = await harness.select([a])
+    await harness.settle(a, failed, 0.0, failed=True)
+    second = await harness.select([a])
+    assert second.index == 0  # 0 + 60 tokens fits again
+    # Both limits hold the third back (3 requests; 120 tokens): it must wait for the later,
+    # the second's 60 tokens leaving the window.
+    await harness.advance(1_000)
+    third = await harness.select([a])
+    assert (third.index, third.blocked) == (None, "tokens")
+    assert third.retry_at_ms == second.reserved_at_ms + 60_000
+    # With only 10 tokens it fits; the next is held back by the requests limit alone.
+    small = candidate("a", tokens=10, tpm=100, rpm=3)
+    assert (await harness.select([small])).index == 0
+    fourth = await harness.select([small])
+    assert (fourth.index, fourth.blocked) == (None, "requests")
+    assert fourth.retry_at_ms == failed.reserved_at_ms + 60_000
 
 
 # ResilientStore --------------------------------------------------------------------------

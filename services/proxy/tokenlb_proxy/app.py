@@ -32,7 +32,9 @@ _METHODS: list[Any] = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def _proxy_error(_: Request[Any, Any, Any], exc: ProxyError) -> Response[bytes]:
-    return Response(exc.body(), status_code=exc.status_code, media_type="application/json")
+    return Response(
+        exc.body(), status_code=exc.status_code, headers=exc.headers, media_type="application/json"
+    )
 
 
 def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
@@ -107,6 +109,8 @@ def create_admin_app(runtime: Runtime) -> Litestar:
                             "total_tokens": totals[t.target_id].total_tokens,
                             "cost": totals[t.target_id].cost,
                             "usage": totals[t.target_id].usage,
+                            "in_flight": totals[t.target_id].in_flight,
+                            "latency": totals[t.target_id].latency,
                         }
                         for t in plan.targets
                     ],

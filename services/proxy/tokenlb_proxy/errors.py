@@ -6,6 +6,7 @@
     │   └── StreamingDenied         (400)
     ├── RouteNotFound               (404 not_found_error)
     ├── NoTargetAvailable           (503 service_unavailable)
+    ├── BudgetExhausted             (429 tokens | requests)
     └── UpstreamFailed              (502 upstream_error)
         └── UpstreamTimeout         (504)
 
@@ -20,6 +21,7 @@ import msgspec
 
 __all__ = [
     "BodyTooLarge",
+    "BudgetExhausted",
     "InvalidRequest",
     "NoTargetAvailable",
     "ProxyError",
@@ -59,10 +61,18 @@ class ProxyError(Exception):
     error_type = "api_error"
     code: str | None = "internal_error"
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        #: Response headers to send with the error (e.g. Retry-After).
+        self.headers = headers or {}
 
     def body(self) -> bytes:
         return error_body(self.message, self.error_type, self.code, self.param)
@@ -93,6 +103,19 @@ class NoTargetAvailable(ProxyError):
     status_code = 503
     error_type = "service_unavailable"
     code = "no_target_available"
+
+
+class BudgetExhausted(ProxyError):
+    """Every target that could serve the request is over its fleet-wide budget. The type
+    is the limit, as OpenAI's own 429s say it ("tokens" or "requests")."""
+
+    status_code = 429
+    error_type = "tokens"
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, limit: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.error_type = limit
 
 
 class UpstreamFailed(ProxyError):

@@ -36,7 +36,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.:@/-]")
 class BalancerKeys(msgspec.Struct, frozen=True):
     """The keys of one balancer."""
 
-    #: Sorted set, target id -> forward-decayed usage (see lua/select_lowest_usage.lua).
+    #: Sorted set, target id -> forward-decayed usage (see lua/select_target.lua).
     usage: str
     #: Hash with the decay epoch.
     meta: str
@@ -50,6 +50,25 @@ class BalancerKeys(msgspec.Struct, frozen=True):
     targets: str
     #: Prefix of the per-minute rollup hashes: ``<rollup_prefix><unix minute>``.
     rollup_prefix: str
+    #: Hash, circuit breaker state per target: "<target id>:until" (out of rotation until,
+    #: ms), "<target id>:fails" and "<target id>:since" (failures in the current window).
+    breaker: str
+    #: Sorted set of in-flight leases (least-connections): "<target id>|<lease id>" ->
+    #: expiry (ms).
+    leases: str
+    #: Hash, target id -> number of unexpired in-flight leases.
+    in_flight: str
+    #: Hash, lowest-latency state per target: "<target id>:avg", ":n", ":at", ":probe".
+    latency: str
+    #: Hash, target id -> tokens reserved or used in its budget window (limits extension).
+    budget: str
+    #: Prefix of the per-target budget windows: sorted sets "<lease id>|<tokens>" -> time
+    #: (ms) of the reservation, the last minute of them.
+    budget_prefix: str
+
+    def budget_window(self, target_id: str) -> str:
+        """The budget window of ``target_id`` (a key under the balancer's hash tag)."""
+        return f"{self.budget_prefix}{target_id}"
 
     def rollup(self, minute: int) -> str:
         """The rollup hash of the minute starting at ``minute * 60`` (Unix seconds)."""
@@ -68,6 +87,12 @@ def balancer_keys(balancer_id: str) -> BalancerKeys:
         events=f"{base}:events",
         targets=f"{base}:targets",
         rollup_prefix=f"{base}:rollup:",
+        breaker=f"{base}:breaker",
+        leases=f"{base}:leases",
+        in_flight=f"{base}:inflight",
+        latency=f"{base}:latency",
+        budget=f"{base}:budget",
+        budget_prefix=f"{base}:budget:",
     )
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
+from tokenlb_proxy.hashing import ConsistentHash
 from tokenlb_proxy.keys import BalancerKeys
 from tokenlb_proxy.store.base import Algorithm
 
@@ -47,6 +48,15 @@ class UpstreamTarget:
     output_cost: float | None
     log_statistics: bool
     log_payloads: bool
+    #: priority: the rank of this target's weight among the distinct weights, heaviest 0.
+    priority_tier: int = 0
+    #: ``limits`` (tokenlb extension): budgets per sliding minute, 0 for none.
+    tokens_per_minute: int = 0
+    requests_per_minute: int = 0
+
+    @property
+    def budgeted(self) -> bool:
+        return bool(self.tokens_per_minute or self.requests_per_minute)
 
     def __repr__(self) -> str:
         # Auth values are secrets: never part of a repr that may reach a log.
@@ -86,6 +96,18 @@ class BalancerPlan:
     targets: tuple[UpstreamTarget, ...]
     #: model name or alias -> indexes of the targets that serve it.
     by_model: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: Circuit breaker: failures within ``fail_timeout_ms`` that take a target out of
+    #: rotation for ``fail_timeout_ms`` (0: off).
+    max_fails: int = 0
+    fail_timeout_ms: int = 10_000
+    #: least-connections: an in-flight lease outlives a dead replica by at most this long
+    #: (connect + write + read timeout: the longest a non-streamed attempt can take).
+    lease_ms: int = 180_000
+    #: consistent-hashing: the request header hashed (lower case), and the hashing.
+    hash_on_header: str = "x-kong-llm-request-id"
+    #: lowest-latency: "tpot" (ms per output token) or "e2e" (ms per request).
+    latency_strategy: str = "tpot"
+    hashing: ConsistentHash | None = None
 
 
 @dataclass(frozen=True, slots=True)

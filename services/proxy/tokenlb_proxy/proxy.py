@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from litestar.response import Stream
 from tokenlb_proxy.chat import ParsedRequest, parse_chat_request, upstream_body
 from tokenlb_proxy.errors import (
     BodyTooLarge,
+    BudgetExhausted,
     NoTargetAvailable,
     ProxyError,
     RouteNotFound,
@@ -30,11 +32,12 @@ from tokenlb_proxy.errors import (
     UpstreamTimeout,
 )
 from tokenlb_proxy.events import UsageEvent
+from tokenlb_proxy.health import counts_as_failure, retry_after_ms
 from tokenlb_proxy.metrics import ProxyMetrics
 from tokenlb_proxy.plan import BalancerPlan, Gateway, UpstreamTarget
 from tokenlb_proxy.routing import match_route
 from tokenlb_proxy.stats_log import write_kong_log
-from tokenlb_proxy.store.base import Candidate, Selection, Settlement, UsageStore
+from tokenlb_proxy.store.base import Algorithm, Candidate, Selection, Settlement, UsageStore
 from tokenlb_proxy.tracecontext import TraceContext, new_span_id, parse_traceparent
 from tokenlb_proxy.upstream import (
     StreamState,
@@ -48,6 +51,7 @@ from tokenlb_proxy.usage import (
     TokenUsage,
     completion_text_tokens,
     counted,
+    estimate_budget_tokens,
     estimate_completion_tokens,
     estimate_prompt_tokens,
     read_completion,
@@ -95,6 +99,8 @@ class _Attempt:
     last_possible: bool
     span_id: str
     started_perf: float
+    #: Tokens reserved in the target's budget window (-1: it has no budget).
+    budget_reserved: int = -1
 
 
 class _Failover(Exception):
@@ -175,6 +181,11 @@ class ProxyService:
             )
             for target in plan.targets
         ]
+        budget_tokens = [
+            estimate_budget_tokens(view, target, exchange.prompt_estimate) if target.budgeted else 0
+            for target in plan.targets
+        ]
+        algorithm, tiers = _ranking(plan, exchange.request.headers.get(plan.hash_on_header))
         tried: set[int] = set()
         last_failure: _Failover | None = None
         for number in range(plan.retries + 1):
@@ -184,13 +195,18 @@ class ProxyService:
                     weight=t.weight,
                     estimate=estimates[t.index],
                     eligible=t.index in allowed and t.index not in tried,
+                    lease_ms=plan.lease_ms,
+                    tier=tiers[t.index],
+                    tokens=budget_tokens[t.index],
+                    tokens_per_minute=t.tokens_per_minute,
+                    requests_per_minute=t.requests_per_minute,
                 )
                 for t in plan.targets
             ]
-            selection = await self.store.select(
-                plan.keys, plan.algorithm, plan.half_life_ms, candidates
-            )
+            selection = await self.store.select(plan.keys, algorithm, plan.half_life_ms, candidates)
             if selection.index is None:
+                if last_failure is None and selection.blocked:
+                    raise _nothing_available(selection)
                 break
             target = plan.targets[selection.index]
             if tried:
@@ -204,6 +220,7 @@ class ProxyService:
                 last_possible=number == plan.retries or len(tried) >= len(allowed),
                 span_id=new_span_id(),
                 started_perf=time.perf_counter(),
+                budget_reserved=budget_tokens[target.index] if target.budgeted else -1,
             )
             try:
                 if exchange.stream:
@@ -371,7 +388,12 @@ class ProxyService:
         criterion = f"http_{response.status_code}"
         failover = criterion in exchange.plan.failover_criteria
         await self._settle_failure(
-            exchange, attempt, criterion, response.status_code, final=not failover
+            exchange,
+            attempt,
+            criterion,
+            response.status_code,
+            final=not failover,
+            retry_after_ms=retry_after_ms(response.headers) if response.status_code == 429 else 0,
         )
         passthrough = Response(
             body,
@@ -492,16 +514,29 @@ class ProxyService:
             failed=False,
             backend=attempt.selection.backend,
             event=event,
+            lease_id=attempt.selection.lease_id,
+            latency=_latency_sample(plan, event),
+            budget_reserved=attempt.budget_reserved,
+            budget_used=prompt + completion,
         )
         self.metrics.succeeded(plan, target, settlement, attempt.started_perf)
         self._spawn(self._settle(plan, settlement))
 
     async def _settle_failure(
-        self, exchange: _Exchange, attempt: _Attempt, error: str, status: int, *, final: bool
+        self,
+        exchange: _Exchange,
+        attempt: _Attempt,
+        error: str,
+        status: int,
+        *,
+        final: bool,
+        retry_after_ms: int = 0,
     ) -> None:
-        """Release a failed attempt's reservation before choosing again."""
+        """Release a failed attempt's reservation before choosing again, and feed the
+        circuit breaker (``max_fails``; an upstream 429's ``Retry-After``)."""
         self.metrics.failed(exchange.plan, attempt.target)
         final = final or attempt.last_possible
+        plan = exchange.plan
         event = self._event(
             exchange,
             attempt,
@@ -515,7 +550,7 @@ class ProxyService:
             response_payload=None,
         )
         await self._settle(
-            exchange.plan,
+            plan,
             Settlement(
                 target_id=attempt.target.target_id,
                 reserved=attempt.reserved,
@@ -527,6 +562,12 @@ class ProxyService:
                 failed=True,
                 backend=attempt.selection.backend,
                 event=event,
+                breaker_failure=counts_as_failure(error, plan.failover_criteria),
+                max_fails=plan.max_fails,
+                fail_timeout_ms=plan.fail_timeout_ms,
+                retry_after_ms=retry_after_ms,
+                lease_id=attempt.selection.lease_id,
+                budget_reserved=attempt.budget_reserved,
             ),
         )
 
@@ -551,6 +592,58 @@ class ProxyService:
         """Wait for every background settle (on shutdown)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _ranking(plan: BalancerPlan, hash_key: str | None) -> tuple[Algorithm, list[int]]:
+    """The algorithm the store runs for this request, and each target's tier.
+
+    consistent-hashing ranks the targets in the order the ``hash_on_header`` value tries them;
+    a request without the header falls back to the fleet-wide weighted round-robin (Kong's
+    upstreams do the same when the hash input is missing and no fallback is set). priority
+    ranks them by weight group, heaviest first.
+    """
+    if plan.algorithm == "priority":
+        return plan.algorithm, [t.priority_tier for t in plan.targets]
+    if plan.hashing is not None:
+        if hash_key:
+            tiers = [0] * len(plan.targets)
+            for rank, index in enumerate(plan.hashing.order(hash_key)):
+                tiers[index] = rank
+            return plan.algorithm, tiers
+        return "round-robin", [0] * len(plan.targets)
+    return plan.algorithm, [0] * len(plan.targets)
+
+
+def _latency_sample(plan: BalancerPlan, event: UsageEvent) -> float:
+    """lowest-latency's measure of a successful attempt: ``e2e``, the milliseconds from
+    sending it upstream to its last byte; ``tpot``, that divided by its output tokens (an
+    answer without output tokens gives no sample). -1: no sample."""
+    if plan.algorithm != "lowest-latency":
+        return -1.0
+    if plan.latency_strategy == "e2e":
+        return event.upstream_ms
+    if event.completion_tokens <= 0:
+        return -1.0
+    return event.upstream_ms / event.completion_tokens
+
+
+def _nothing_available(selection: Selection) -> ProxyError:
+    """Every target that could serve the request is out of rotation (503) or over its
+    budget (429), with Retry-After set to when the first of them can take it (Kong answers
+    500 with no hint)."""
+    wait_s = max(1, math.ceil((selection.retry_at_ms - selection.reserved_at_ms) / 1000))
+    if selection.blocked in ("tokens", "requests"):
+        return BudgetExhausted(
+            f"every target for this request is over its {selection.blocked}-per-minute budget; "
+            f"retry in {wait_s} s",
+            limit=selection.blocked,
+            headers={"retry-after": str(wait_s)},
+        )
+    return NoTargetAvailable(
+        "every target for this request is out of rotation (circuit breaker open or upstream "
+        f"rate limit); the first returns in {wait_s} s",
+        headers={"retry-after": str(wait_s)},
+    )
 
 
 async def _read_body(request: Request[Any, Any, Any], limit: int) -> bytes:

@@ -19,6 +19,7 @@ __all__ = [
     "CompletionView",
     "TokenUsage",
     "counted",
+    "estimate_budget_tokens",
     "estimate_completion_tokens",
     "estimate_prompt_tokens",
     "read_completion",
@@ -76,6 +77,16 @@ def estimate_completion_tokens(request: ChatRequest, target: UpstreamTarget) -> 
     if cap is None:
         return DEFAULT_COMPLETION_ESTIMATE * choices
     return min(cap, DEFAULT_COMPLETION_ESTIMATE) * choices
+
+
+def estimate_budget_tokens(request: ChatRequest, target: UpstreamTarget, prompt: int) -> int:
+    """Tokens a budget reservation holds: the prompt plus the most the request may
+    generate (its cap, else the target's, uncapped), so that the reservation is an upper
+    bound and the budget holds exactly; without any cap, the default estimate (the
+    settle then corrects it to what was used)."""
+    cap = request.max_completion_tokens or request.max_tokens or target.options.max_tokens
+    completion = cap if cap is not None else DEFAULT_COMPLETION_ESTIMATE
+    return prompt + completion * (request.n or 1)
 
 
 def counted(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import cast
 
 import httpx
 import msgspec
@@ -21,6 +22,7 @@ from tokenlb_proxy.config.errors import ConfigError, FieldError
 from tokenlb_proxy.config.loader import schema_errors
 from tokenlb_proxy.config.plugin import AiProxyAdvancedConfig, ModelOptions, Target
 from tokenlb_proxy.config.support import NOT_SUPPORTED, check_plugin_config
+from tokenlb_proxy.hashing import ConsistentHash
 from tokenlb_proxy.keys import balancer_keys
 from tokenlb_proxy.plan import OPENAI_CHAT_URL, BalancerPlan, Gateway, RouteRule, UpstreamTarget
 from tokenlb_proxy.store.base import Algorithm
@@ -194,7 +196,8 @@ def _compile_plugin(
         for name in target.names():
             by_model.setdefault(name, []).append(target.index)
     balancer_id = entry.id or entry.instance_name or _scope_name(scope)
-    algorithm: Algorithm = "lowest-usage" if balancer.algorithm == "lowest-usage" else "round-robin"
+    # check_plugin_config admitted only the algorithms the store implements.
+    algorithm = cast(Algorithm, balancer.algorithm)
     return BalancerPlan(
         balancer_id=balancer_id,
         keys=balancer_keys(balancer_id),
@@ -214,12 +217,24 @@ def _compile_plugin(
         model_name_header=config.model_name_header,
         targets=targets,
         by_model={name: tuple(indexes) for name, indexes in by_model.items()},
+        max_fails=balancer.max_fails,
+        fail_timeout_ms=balancer.fail_timeout,
+        lease_ms=balancer.connect_timeout + balancer.write_timeout + balancer.read_timeout,
+        hash_on_header=balancer.hash_on_header.lower(),
+        latency_strategy=balancer.latency_strategy,
+        hashing=(
+            ConsistentHash([(t.target_id, t.weight) for t in targets], balancer.slots)
+            if algorithm == "consistent-hashing"
+            else None
+        ),
     )
 
 
 def _compile_targets(targets: tuple[Target, ...]) -> tuple[UpstreamTarget, ...]:
     compiled: list[UpstreamTarget] = []
     seen: dict[str, int] = {}
+    # Kong's priority groups: equal weights form a group, the heaviest group first.
+    tiers = {weight: tier for tier, weight in enumerate(sorted({t.weight for t in targets})[::-1])}
     for index, target in enumerate(targets):
         options = target.model.options or ModelOptions()
         url = options.upstream_url or OPENAI_CHAT_URL
@@ -229,7 +244,7 @@ def _compile_targets(targets: tuple[Target, ...]) -> tuple[UpstreamTarget, ...]:
         seen[target_id] = seen.get(target_id, 0) + 1
         if seen[target_id] > 1:
             target_id = f"{target_id}-{seen[target_id]}"
-        auth = target.auth
+        auth, limits = target.auth, target.limits
         headers: tuple[tuple[str, str], ...] = ()
         query: tuple[tuple[str, str], ...] = ()
         body: tuple[tuple[str, str], ...] = ()
@@ -260,6 +275,9 @@ def _compile_targets(targets: tuple[Target, ...]) -> tuple[UpstreamTarget, ...]:
                 output_cost=options.output_cost,
                 log_statistics=target.logging.log_statistics,
                 log_payloads=target.logging.log_payloads,
+                priority_tier=tiers[target.weight],
+                tokens_per_minute=(limits.tokens_per_minute or 0) if limits else 0,
+                requests_per_minute=(limits.requests_per_minute or 0) if limits else 0,
             )
         )
     return tuple(compiled)

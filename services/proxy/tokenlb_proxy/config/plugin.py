@@ -4,7 +4,8 @@ Every field Kong's schema has is declared here with Kong's default, so a config 
 Kong's docs decodes unchanged; fields Kong does not have are rejected by msgspec as unknown.
 Fields tokenlb does not implement yet are declared too, and ``support.py`` rejects any
 non-default value for them with a "not supported yet" error naming the field: nothing is
-ignored silently. ``usage_half_life`` is tokenlb's one extension.
+ignored silently. tokenlb's extensions: ``balancer.usage_half_life`` and
+``targets[].limits`` (fleet-wide budgets per target).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "Model",
     "ModelOptions",
     "Target",
+    "TargetLimits",
 ]
 
 Algorithm = Literal[
@@ -176,6 +178,14 @@ class Logging(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     log_payloads: bool = False
 
 
+class TargetLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """``targets[].limits`` (tokenlb extension): a budget per sliding minute, held for the
+    whole fleet. A target a request would take over it is skipped."""
+
+    tokens_per_minute: Annotated[int, Meta(ge=1)] | None = None
+    requests_per_minute: Annotated[int, Meta(ge=1)] | None = None
+
+
 class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """``config.targets[]``: one model deployment the balancer may choose."""
 
@@ -187,6 +197,8 @@ class Target(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     logging: Logging = msgspec.field(default_factory=Logging)
     #: Kong 3.13: "for internal use only"; carried, never interpreted.
     metadata: dict[str, Any] | None = None
+    #: tokenlb extension: fleet-wide budgets.
+    limits: TargetLimits | None = None
 
 
 class AiProxyAdvancedConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -7,31 +7,26 @@ config believing a setting works when it is ignored.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from tokenlb_proxy.config.errors import FieldError
 from tokenlb_proxy.config.plugin import (
     AiProxyAdvancedConfig,
     Auth,
-    BalancerConfig,
     ModelOptions,
     Target,
 )
+from tokenlb_proxy.store.base import Algorithm
 
 __all__ = ["SUPPORTED_ALGORITHMS", "check_plugin_config"]
 
-SUPPORTED_ALGORITHMS = ("round-robin", "lowest-usage")
+#: The algorithms the stores implement, in Kong's spelling.
+SUPPORTED_ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 SUPPORTED_STRATEGIES = ("total-tokens", "prompt-tokens", "completion-tokens", "cost")
 NOT_SUPPORTED = "not supported yet"
 
-_DEFAULT_BALANCER = BalancerConfig()
 _DEFAULT_OPTIONS = ModelOptions()
 _DEFAULT_AUTH = Auth()
-_UNSUPPORTED_BALANCER_FIELDS = (
-    "latency_strategy",
-    "hash_on_header",
-    "slots",
-    "max_fails",
-    "fail_timeout",
-)
 _UNSUPPORTED_OPTION_FIELDS = (
     "top_k",
     "upstream_path",
@@ -85,7 +80,6 @@ def check_plugin_config(config: AiProxyAdvancedConfig, path: str) -> list[FieldE
                 f"(supported: {', '.join(SUPPORTED_STRATEGIES)})",
             )
         )
-    errors += _non_default(balancer, _DEFAULT_BALANCER, _UNSUPPORTED_BALANCER_FIELDS, bpath)
     if config.llm_format != "openai":
         errors.append(FieldError(f"{path}.llm_format", f"{config.llm_format!r} is {NOT_SUPPORTED}"))
     if config.genai_category != "text/generation":

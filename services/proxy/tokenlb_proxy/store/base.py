@@ -21,7 +21,14 @@ __all__ = [
     "UsageStore",
 ]
 
-Algorithm = Literal["lowest-usage", "round-robin"]
+Algorithm = Literal[
+    "lowest-usage",
+    "round-robin",
+    "least-connections",
+    "consistent-hashing",
+    "lowest-latency",
+    "priority",
+]
 
 #: Move the decay epoch once the forward-decay factor passes 2^20: scores stay far from
 #: float overflow and keep ~10 significant digits of the smallest target's usage.
@@ -42,6 +49,18 @@ class Candidate(msgspec.Struct, frozen=True):
     #: False for targets that may not serve this request (other model, already tried);
     #: they still take part in the slow-start average.
     eligible: bool
+    #: least-connections: how long the in-flight lease taken on this target lives (ms) if
+    #: the request never settles (its replica died).
+    lease_ms: int = 600_000
+    #: Preference rank: only the available candidates of the lowest tier compete
+    #: (consistent-hashing ranks targets in the order the request's key tries them;
+    #: priority puts each group of equal weight in a tier, the heaviest first).
+    tier: int = 0
+    #: Budgets (the ``limits`` extension): the tokens this request reserves on the target,
+    #: and its limits per sliding minute (0: none).
+    tokens: int = 0
+    tokens_per_minute: int = 0
+    requests_per_minute: int = 0
 
 
 class Selection(msgspec.Struct, frozen=True):
@@ -54,6 +73,15 @@ class Selection(msgspec.Struct, frozen=True):
     score: float
     #: Which store made the reservation ("redis" or "local"); settle on the same one.
     backend: str = "local"
+    #: Why nothing was chosen although some candidate was eligible: "broken" (every one
+    #: is out of rotation), "tokens" or "requests" (some are over their budget, this
+    #: limit holding back the first to free up); "" otherwise.
+    blocked: str = ""
+    #: With ``blocked``: store time (ms) when the first of them can take the request.
+    retry_at_ms: int = 0
+    #: The lease taken for an in-flight count (least-connections) or a budget
+    #: reservation; hand it back when settling.
+    lease_id: str = ""
 
 
 class Settlement(msgspec.Struct, frozen=True):
@@ -72,6 +100,22 @@ class Settlement(msgspec.Struct, frozen=True):
     backend: str = "local"
     #: The attempt's usage event for the aggregators (None: emission is off).
     event: UsageEvent | None = None
+    #: This failure counts towards the circuit breaker's ``max_fails``.
+    breaker_failure: bool = False
+    #: ``balancer.max_fails`` (0: the breaker is off) and ``fail_timeout`` (ms).
+    max_fails: int = 0
+    fail_timeout_ms: int = 10_000
+    #: An upstream 429's Retry-After in ms: the target is out of rotation that long.
+    retry_after_ms: int = 0
+    #: The selection's ``lease_id``: its in-flight lease is returned.
+    lease_id: str = ""
+    #: lowest-latency: this attempt's latency sample (ms, or ms per output token) for the
+    #: target's decayed average; negative: none.
+    latency: float = -1.0
+    #: Budgets: the tokens the selection reserved under ``lease_id`` (negative: none), and
+    #: the tokens really used (0 for a failed attempt, which still counts as a request).
+    budget_reserved: int = -1
+    budget_used: int = 0
 
 
 class TargetTotals(msgspec.Struct):
@@ -84,6 +128,11 @@ class TargetTotals(msgspec.Struct):
     cost: float = 0.0
     #: Current decayed usage (counted units, not divided by weight), reservations included.
     usage: float = 0.0
+    #: Requests holding an in-flight lease (least-connections), fleet-wide.
+    in_flight: int = 0
+    #: lowest-latency: the decayed average latency (ms, or ms per output token); None
+    #: before the first sample.
+    latency: float | None = None
 
     @property
     def total_tokens(self) -> int:

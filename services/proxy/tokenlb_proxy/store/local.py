@@ -21,6 +21,7 @@ from tokenlb_proxy.store.base import (
     Settlement,
     TargetTotals,
 )
+from tokenlb_proxy.store.local_budget import BudgetWindow
 
 __all__ = ["LocalStore"]
 
@@ -29,8 +30,44 @@ def _wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class _Breaker:
+    """One target's circuit breaker (the fields of the breaker hash in Redis)."""
+
+    __slots__ = ("fails", "since_ms", "until_ms")
+
+    def __init__(self) -> None:
+        self.until_ms = 0
+        self.fails = 0
+        self.since_ms: int | None = None
+
+
+class _Latency:
+    """One target's lowest-latency state (the fields of the latency hash in Redis)."""
+
+    __slots__ = ("at_ms", "average", "probe_ms", "weight")
+
+    def __init__(self) -> None:
+        self.average: float | None = None
+        self.weight = 0.0
+        self.at_ms: int | None = None
+        self.probe_ms: int | None = None
+
+
 class _BalancerState:
-    __slots__ = ("epoch_ms", "minutes", "round_robin", "targets", "totals", "usage")
+    __slots__ = (
+        "breakers",
+        "budgets",
+        "epoch_ms",
+        "in_flight",
+        "latency",
+        "lease_seq",
+        "leases",
+        "minutes",
+        "round_robin",
+        "targets",
+        "totals",
+        "usage",
+    )
 
     def __init__(self) -> None:
         self.usage: dict[str, float] = {}
@@ -40,6 +77,13 @@ class _BalancerState:
         self.targets: dict[str, str] = {}
         #: minute -> rollup, for as long as ``rollup_retention_s``.
         self.minutes: dict[int, MinuteRollup] = {}
+        self.breakers: dict[str, _Breaker] = {}
+        #: In-flight leases (least-connections): (target id, lease id) -> expiry (ms).
+        self.leases: dict[tuple[str, str], int] = {}
+        self.in_flight: dict[str, int] = {}
+        self.lease_seq = 0
+        self.latency: dict[str, _Latency] = {}
+        self.budgets: dict[str, BudgetWindow] = {}
 
 
 class LocalStore:
@@ -86,11 +130,161 @@ class LocalStore:
     ) -> Selection:
         state = self._state(keys)
         now_ms = self._clock_ms()
-        if algorithm == "round-robin":
-            return Selection(self._round_robin(state, candidates), now_ms, 0.0)
-        exponent = self._exponent(state, now_ms, half_life_ms)
+        exponent = 0.0
+        if algorithm == "lowest-usage":
+            exponent = self._exponent(state, now_ms, half_life_ms)
         if not candidates:
             return Selection(None, now_ms, 0.0)
+        available: list[bool] = []
+        broken_until: dict[int, int] = {}
+        over_budget: list[int] = []
+        for index, c in enumerate(candidates):
+            breaker = state.breakers.get(c.target_id)
+            until_ms = breaker.until_ms if breaker is not None else 0
+            fits = c.eligible
+            if c.eligible and until_ms > now_ms:
+                broken_until[index] = until_ms
+                fits = False
+            elif c.eligible and (c.tokens_per_minute or c.requests_per_minute):
+                window = state.budgets.setdefault(c.target_id, BudgetWindow())
+                requests, used = window.sweep(now_ms)
+                if window.over(
+                    requests, used, c.tokens, c.tokens_per_minute, c.requests_per_minute
+                ):
+                    over_budget.append(index)
+                    fits = False
+            available.append(fits)
+        tiers = [c.tier for i, c in enumerate(candidates) if available[i]]
+        if tiers:
+            best_tier = min(tiers)
+            available = [
+                ok and c.tier == best_tier for ok, c in zip(available, candidates, strict=True)
+            ]
+        best: int | None = None
+        best_score = 0.0
+        lease_id = ""
+        if algorithm == "lowest-usage":
+            best, best_score = self._lowest_usage(state, candidates, available, exponent)
+        elif algorithm == "least-connections" and any(available):
+            best, best_score, lease_id = self._least_connections(
+                state, candidates, available, now_ms
+            )
+        elif algorithm == "lowest-latency" and any(available):
+            best, best_score = self._lowest_latency(
+                state, candidates, available, now_ms, half_life_ms
+            )
+        elif algorithm == "consistent-hashing":
+            best = available.index(True) if any(available) else None
+        elif any(available):
+            best = self._round_robin(state, candidates, available)
+        if best is None:
+            blocked, retry_at_ms = self._blocked(
+                state, candidates, broken_until, over_budget, now_ms
+            )
+            return Selection(None, now_ms, 0.0, blocked=blocked, retry_at_ms=retry_at_ms)
+        chosen = candidates[best]
+        if chosen.tokens_per_minute or chosen.requests_per_minute:
+            if not lease_id:
+                state.lease_seq += 1
+                lease_id = str(state.lease_seq)
+            window = state.budgets.setdefault(chosen.target_id, BudgetWindow())
+            window.reserve(lease_id, chosen.tokens, now_ms)
+        return Selection(best, now_ms, best_score, lease_id=lease_id)
+
+    @staticmethod
+    def _blocked(
+        state: _BalancerState,
+        candidates: Sequence[Candidate],
+        broken_until: dict[int, int],
+        over_budget: list[int],
+        now_ms: int,
+    ) -> tuple[str, int]:
+        """select_target.lua's account of why nothing was chosen, and until when."""
+        blocked, retry_at_ms = "", 0
+        if broken_until:
+            blocked, retry_at_ms = "broken", min(broken_until.values())
+        budget_reason, budget_at_ms = "", 0
+        for index in over_budget:
+            c = candidates[index]
+            at_ms, reason = state.budgets[c.target_id].retry_at(
+                c.tokens, c.tokens_per_minute, c.requests_per_minute, now_ms
+            )
+            if budget_at_ms == 0 or at_ms < budget_at_ms:
+                budget_at_ms, budget_reason = at_ms, reason
+        if budget_reason:
+            blocked = budget_reason
+            if retry_at_ms == 0 or budget_at_ms < retry_at_ms:
+                retry_at_ms = budget_at_ms
+        return blocked, retry_at_ms
+
+    def _least_connections(
+        self,
+        state: _BalancerState,
+        candidates: Sequence[Candidate],
+        available: Sequence[bool],
+        now_ms: int,
+    ) -> tuple[int, float, str]:
+        for lease, expiry_ms in list(state.leases.items()):
+            if expiry_ms <= now_ms:
+                del state.leases[lease]
+                self._release(state, lease[0])
+        in_flight = [state.in_flight.get(c.target_id, 0) for c in candidates]
+        scores = [(in_flight[i] + 1) / c.weight for i, c in enumerate(candidates)]
+        lowest = min(score for i, score in enumerate(scores) if available[i])
+        tied = [available[i] and scores[i] == lowest for i in range(len(candidates))]
+        best = self._round_robin(state, candidates, tied)
+        assert best is not None
+        chosen = candidates[best]
+        state.lease_seq += 1
+        lease_id = str(state.lease_seq)
+        state.leases[(chosen.target_id, lease_id)] = now_ms + chosen.lease_ms
+        state.in_flight[chosen.target_id] = in_flight[best] + 1
+        return best, float(in_flight[best]), lease_id
+
+    @staticmethod
+    def _lowest_latency(
+        state: _BalancerState,
+        candidates: Sequence[Candidate],
+        available: Sequence[bool],
+        now_ms: int,
+        half_life_ms: int,
+    ) -> tuple[int, float]:
+        stats = [state.latency.get(c.target_id) or _Latency() for c in candidates]
+        known = [s.average for s in stats if s.average is not None]
+        fleet_average = sum(known) / len(known) if known else 0.0
+        for index, c in enumerate(candidates):
+            if not available[index]:
+                continue
+            seen = [t for t in (stats[index].at_ms, stats[index].probe_ms) if t is not None]
+            if not seen or now_ms - max(seen) >= half_life_ms:
+                probed = state.latency.setdefault(c.target_id, stats[index])
+                probed.probe_ms = now_ms
+                average = stats[index].average
+                return index, fleet_average if average is None else average
+        best, best_score = -1, 0.0
+        for index, latency in enumerate(stats):
+            if not available[index]:
+                continue
+            score = fleet_average if latency.average is None else latency.average
+            if best < 0 or score < best_score:
+                best, best_score = index, score
+        return best, best_score
+
+    @staticmethod
+    def _release(state: _BalancerState, target_id: str) -> None:
+        left = state.in_flight.get(target_id, 0) - 1
+        if left <= 0:
+            state.in_flight.pop(target_id, None)
+        else:
+            state.in_flight[target_id] = left
+
+    @staticmethod
+    def _lowest_usage(
+        state: _BalancerState,
+        candidates: Sequence[Candidate],
+        available: Sequence[bool],
+        exponent: float,
+    ) -> tuple[int | None, float]:
         known = [
             state.usage[c.target_id] / c.weight for c in candidates if c.target_id in state.usage
         ]
@@ -100,25 +294,27 @@ class LocalStore:
         best: int | None = None
         best_score = 0.0
         for index, c in enumerate(candidates):
-            if not c.eligible:
+            if not available[index]:
                 continue
             score = state.usage[c.target_id] / c.weight
             if best is None or score < best_score:
                 best, best_score = index, score
         if best is None:
-            return Selection(None, now_ms, 0.0)
+            return None, 0.0
         chosen = candidates[best]
         if chosen.estimate > 0:
             state.usage[chosen.target_id] += chosen.estimate * 2.0**exponent
-        return Selection(best, now_ms, best_score * 2.0 ** (-exponent))
+        return best, best_score * 2.0 ** (-exponent)
 
     @staticmethod
-    def _round_robin(state: _BalancerState, candidates: Sequence[Candidate]) -> int | None:
+    def _round_robin(
+        state: _BalancerState, candidates: Sequence[Candidate], available: Sequence[bool]
+    ) -> int | None:
         best: int | None = None
         best_current = 0
         total = 0
         for index, c in enumerate(candidates):
-            if not c.eligible:
+            if not available[index]:
                 continue
             total += c.weight
             current = state.round_robin.get(c.target_id, 0) + c.weight
@@ -151,6 +347,48 @@ class LocalStore:
         totals.cost += settlement.cost
         if settlement.event is not None:
             self._add_to_rollup(state, settlement)
+        lease = (target_id, settlement.lease_id)
+        if settlement.lease_id and state.leases.pop(lease, None) is not None:
+            self._release(state, target_id)
+        window = state.budgets.get(target_id)
+        if settlement.budget_reserved >= 0 and settlement.lease_id and window is not None:
+            window.settle(settlement.lease_id, settlement.budget_reserved, settlement.budget_used)
+        if settlement.latency >= 0:
+            self._add_latency(state, settlement, now_ms, half_life_ms)
+        self._feed_breaker(state, settlement, now_ms)
+
+    @staticmethod
+    def _add_latency(
+        state: _BalancerState, settlement: Settlement, now_ms: int, half_life_ms: int
+    ) -> None:
+        """record_usage.lua's time-decayed mean, step for step."""
+        latency = state.latency.setdefault(settlement.target_id, _Latency())
+        last_ms = now_ms if latency.at_ms is None else latency.at_ms
+        latency.weight = latency.weight * 2.0 ** (-(now_ms - last_ms) / half_life_ms) + 1
+        average = latency.average or 0.0
+        latency.average = average + (settlement.latency - average) / latency.weight
+        latency.at_ms = now_ms
+
+    @staticmethod
+    def _feed_breaker(state: _BalancerState, settlement: Settlement, now_ms: int) -> None:
+        """record_usage.lua's circuit breaker, step for step."""
+        out_until_ms = 0
+        if settlement.retry_after_ms > 0:
+            out_until_ms = now_ms + settlement.retry_after_ms
+        breaker = state.breakers.get(settlement.target_id)
+        if settlement.breaker_failure and settlement.max_fails > 0:
+            if breaker is None:
+                breaker = state.breakers[settlement.target_id] = _Breaker()
+            if breaker.since_ms is None or now_ms - breaker.since_ms >= settlement.fail_timeout_ms:
+                breaker.fails, breaker.since_ms = 0, now_ms
+            breaker.fails += 1
+            if breaker.fails >= settlement.max_fails:
+                out_until_ms = max(out_until_ms, now_ms + settlement.fail_timeout_ms)
+                breaker.fails, breaker.since_ms = 0, None
+        if out_until_ms > 0:
+            if breaker is None:
+                breaker = state.breakers[settlement.target_id] = _Breaker()
+            breaker.until_ms = max(breaker.until_ms, out_until_ms)
 
     def _add_to_rollup(self, state: _BalancerState, settlement: Settlement) -> None:
         """What the aggregator does for Redis, done in place: there is no stream here."""
@@ -188,6 +426,8 @@ class LocalStore:
                 completion_tokens=counted.completion_tokens,
                 cost=counted.cost,
                 usage=state.usage.get(target_id, 0.0) * decay,
+                in_flight=state.in_flight.get(target_id, 0),
+                latency=latency.average if (latency := state.latency.get(target_id)) else None,
             )
         return result
 

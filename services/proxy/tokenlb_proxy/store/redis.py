@@ -53,12 +53,7 @@ class RedisStore:
         self.emit_events = emit_events
         self._roll_after = str(roll_after)
         self._stream_max_len = str(stream_max_len)
-        self._select_lowest_usage: AsyncScript = client.register_script(
-            lua_source("select_lowest_usage")
-        )
-        self._select_round_robin: AsyncScript = client.register_script(
-            lua_source("select_round_robin")
-        )
+        self._select_target: AsyncScript = client.register_script(lua_source("select_target"))
         self._record_usage: AsyncScript = client.register_script(lua_source("record_usage"))
 
     async def select(
@@ -68,29 +63,58 @@ class RedisStore:
         half_life_ms: int,
         candidates: Sequence[Candidate],
     ) -> Selection:
-        args: list[str | int | float]
-        if algorithm == "round-robin":
-            args = [len(candidates)]
-            for c in candidates:
-                args += [c.target_id, c.weight, "1" if c.eligible else "0"]
-            reply = await self._select_round_robin(keys=[keys.round_robin], args=args)
-        else:
-            args = [half_life_ms, self._roll_after, len(candidates)]
-            for c in candidates:
-                args += [c.target_id, c.weight, repr(c.estimate), "1" if c.eligible else "0"]
-            reply = await self._select_lowest_usage(keys=[keys.usage, keys.meta], args=args)
+        budgets = any(c.tokens_per_minute or c.requests_per_minute for c in candidates)
+        ranked = any(c.tier for c in candidates)
+        leased = algorithm == "least-connections"
+        args: list[str | int | float] = [algorithm, half_life_ms, self._roll_after]
+        args += [len(candidates), "1" if ranked else "0", "1" if budgets else "0"]
+        for c in candidates:
+            args += [c.target_id, c.weight, repr(c.estimate), "1" if c.eligible else "0"]
+            if ranked:
+                args.append(c.tier)
+            if leased:
+                args.append(c.lease_ms)
+            if budgets:
+                args += [c.tokens, c.tokens_per_minute, c.requests_per_minute]
+        select_keys = [
+            keys.usage,
+            keys.meta,
+            keys.round_robin,
+            keys.breaker,
+            keys.leases,
+            keys.in_flight,
+            keys.latency,
+            keys.budget,
+        ]
+        if budgets:
+            select_keys += [keys.budget_window(c.target_id) for c in candidates]
+        reply = await self._select_target(keys=select_keys, args=args)
         index = int(reply[0])
         return Selection(
             index=index - 1 if index > 0 else None,
             reserved_at_ms=int(reply[1]),
             score=float(reply[2]),
             backend=self.kind,
+            blocked=str(reply[3]),
+            retry_at_ms=int(reply[4]),
+            lease_id=str(reply[5]),
         )
 
     async def settle(self, keys: BalancerKeys, half_life_ms: int, settlement: Settlement) -> None:
         event = settlement.event
         await self._record_usage(
-            keys=[keys.usage, keys.meta, keys.totals, keys.events],
+            keys=[
+                keys.usage,
+                keys.meta,
+                keys.totals,
+                keys.events,
+                keys.breaker,
+                keys.leases,
+                keys.in_flight,
+                keys.latency,
+                keys.budget,
+                keys.budget_window(settlement.target_id),
+            ],
             args=[
                 settlement.target_id,
                 half_life_ms,
@@ -104,6 +128,14 @@ class RedisStore:
                 self._roll_after,
                 encode_event(event) if event is not None and self.emit_events else "",
                 self._stream_max_len,
+                "1" if settlement.breaker_failure else "0",
+                settlement.max_fails,
+                settlement.fail_timeout_ms,
+                settlement.retry_after_ms,
+                settlement.lease_id,
+                repr(settlement.latency),
+                settlement.budget_reserved,
+                settlement.budget_used,
             ],
         )
 
@@ -135,12 +167,21 @@ class RedisStore:
             pipe.zmscore(keys.usage, list(target_ids))
             pipe.hget(keys.meta, "epoch_ms")
             pipe.time()
-            counters, scores, epoch_ms, server_time = await pipe.execute()
+            pipe.hmget(keys.in_flight, list(target_ids))
+            pipe.hmget(keys.latency, [f"{target_id}:avg" for target_id in target_ids])
+            counters, scores, epoch_ms, server_time, in_flight, latency = await pipe.execute()
         now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
         decay = 2.0 ** (-(now_ms - int(epoch_ms)) / half_life_ms) if epoch_ms else 0.0
+        rows = zip(target_ids, scores, in_flight, latency, strict=True)
         return {
-            target_id: _totals_from_hash(counters, target_id, (score or 0.0) * decay)
-            for target_id, score in zip(target_ids, scores, strict=True)
+            target_id: _totals_from_hash(
+                counters,
+                target_id,
+                (score or 0.0) * decay,
+                int(leases or 0),
+                float(average) if average is not None else None,
+            )
+            for target_id, score, leases, average in rows
         }
 
     async def healthy(self) -> bool:
@@ -153,7 +194,13 @@ class RedisStore:
         await self.client.aclose()
 
 
-def _totals_from_hash(counters: dict[str, Any], target_id: str, usage: float) -> TargetTotals:
+def _totals_from_hash(
+    counters: dict[str, Any],
+    target_id: str,
+    usage: float,
+    in_flight: int,
+    latency: float | None,
+) -> TargetTotals:
     def field(name: str) -> str:
         value = counters.get(f"{target_id}:{name}", "0")
         return str(value)
@@ -165,4 +212,6 @@ def _totals_from_hash(counters: dict[str, Any], target_id: str, usage: float) ->
         completion_tokens=int(field("completion_tokens")),
         cost=float(field("cost")),
         usage=usage,
+        in_flight=in_flight,
+        latency=latency,
     )
