@@ -49,7 +49,7 @@ class Runtime:
         #: The shared Redis, for the admin views of the fleet (None on the embedded store).
         self.redis: aioredis.Redis | None = None
         if settings.redis_url:
-            self.redis = connect_redis(settings.redis_url)
+            self.redis = connect_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
             redis_store = RedisStore(self.redis, emit_events=settings.usage_events)
             self.store = ResilientStore(redis_store, LocalStore())
         else:

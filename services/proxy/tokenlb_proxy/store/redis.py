@@ -6,7 +6,11 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from tokenlb_proxy.events import encode_event
 from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys
@@ -26,13 +30,19 @@ __all__ = ["RedisStore", "connect_redis"]
 
 
 def connect_redis(url: str, *, timeout_s: float = 1.0) -> aioredis.Redis:
-    """A pooled client; short timeouts so an outage turns into fallback, not a stall."""
+    """A pooled client; short timeouts so an outage turns into fallback, not a stall.
+
+    A command is retried once, at once, only after a connection error: that is a pooled
+    connection Redis closed (it restarted), and the retry opens a fresh one. Timeouts are
+    not retried (the command may have run, and waiting twice is what we avoid).
+    """
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
 
 
@@ -143,10 +153,14 @@ class RedisStore:
             for target_id, score in zip(target_ids, scores, strict=True)
         }
 
+    async def ping(self) -> None:
+        """Raise unless Redis answers now."""
+        await self.client.ping()
+
     async def healthy(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+        except (RedisError, OSError):
             return False
 
     async def close(self) -> None:
