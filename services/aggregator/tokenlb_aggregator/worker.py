@@ -46,7 +46,7 @@ from tokenlb_proxy.keys import (
 )
 from tokenlb_proxy.rollups import LATENCY_FIELD_PREFIX, latency_bucket
 from tokenlb_proxy.scripts import lua_source
-from tokenlb_proxy.store.redis import connect_redis
+from tokenlb_proxy.store.connect import RedisClient, connect_redis
 
 __all__ = ["Aggregator", "AggregatorStats"]
 
@@ -92,7 +92,7 @@ class Aggregator:
         *,
         sink: LogSink,
         spans: SpanEmitter | None,
-        client: aioredis.Redis | None = None,
+        client: RedisClient | None = None,
     ) -> None:
         self.settings = settings
         self.client = client or connect_redis(settings.redis_url, timeout_s=5.0)

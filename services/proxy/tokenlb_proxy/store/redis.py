@@ -1,16 +1,16 @@
-"""Fleet-wide balancer state in Redis: one EVALSHA to choose, one to settle."""
+"""Fleet-wide balancer state in Redis: one EVALSHA to choose, one to settle.
+
+Works the same on one server, a Redis Cluster or a Sentinel-watched master (see
+``store/connect.py``): every key a call touches carries the balancer's hash tag.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, cast
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy.events import encode_event
 from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys
@@ -25,25 +25,9 @@ from tokenlb_proxy.store.base import (
     Settlement,
     TargetTotals,
 )
+from tokenlb_proxy.store.connect import RedisClient, connect_redis
 
 __all__ = ["RedisStore", "connect_redis"]
-
-
-def connect_redis(url: str, *, timeout_s: float = 1.0) -> aioredis.Redis:
-    """A pooled client; short timeouts so an outage turns into fallback, not a stall.
-
-    A command is retried once, at once, only after a connection error: that is a pooled
-    connection Redis closed (it restarted), and the retry opens a fresh one. Timeouts are
-    not retried (the command may have run, and waiting twice is what we avoid).
-    """
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        health_check_interval=30,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    )
 
 
 class RedisStore:
@@ -53,7 +37,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         roll_after: float = DEFAULT_ROLL_AFTER,
         stream_max_len: int = DEFAULT_STREAM_MAX_LEN,
         emit_events: bool = True,
@@ -140,12 +124,15 @@ class RedisStore:
     ) -> dict[str, TargetTotals]:
         if not target_ids:
             return {}
+        # One transaction (all keys share the balancer's slot): scores and the epoch they
+        # are relative to must come from the same instant. TIME has no key, so on a
+        # cluster it cannot join the transaction; a moment later is close enough.
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.totals)
             pipe.zmscore(keys.usage, list(target_ids))
             pipe.hget(keys.meta, "epoch_ms")
-            pipe.time()
-            counters, scores, epoch_ms, server_time = await pipe.execute()
+            counters, scores, epoch_ms = await pipe.execute()
+        server_time = await self.client.time()
         now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
         decay = 2.0 ** (-(now_ms - int(epoch_ms)) / half_life_ms) if epoch_ms else 0.0
         return {
@@ -160,7 +147,7 @@ class RedisStore:
     async def healthy(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (RedisError, OSError):
+        except (RedisError, RedisClusterException, OSError):
             return False
 
     async def close(self) -> None:
