@@ -46,7 +46,10 @@ OUTAGE_S = 6.0
 RECOVERY_WINDOW_S = 30.0
 MAX_IMBALANCE = 0.02
 #: The proxy's Redis socket timeout is 1 s: the longest a request may wait on a frozen Redis.
-MAX_OUTAGE_LATENCY_MS = {"kill": 500.0, "freeze": 1500.0}
+MAX_OUTAGE_LATENCY_MS = {"kill": 1000.0, "freeze": 1500.0}
+#: Requests that may wait out that timeout: only those already waiting on Redis when it
+#: froze (at most the load's concurrency), never the ones after (a killed Redis: none).
+MAX_STALLED = {"kill": 0, "freeze": CONCURRENCY}
 UNREACHABLE = "Redis is unreachable"
 REACHABLE_AGAIN = "Redis is reachable again"
 
@@ -124,7 +127,7 @@ def _latencies(outcomes: list[Outcome], start: float, end: float) -> dict[str, f
         "p50_ms": percentile(seconds, 0.5) * 1000,
         "p99_ms": percentile(seconds, 0.99) * 1000,
         "max_ms": max(seconds, default=0.0) * 1000,
-        "over_200ms": sum(1 for v in seconds if v > 0.2),
+        "over_500ms": sum(1 for v in seconds if v > 0.5),
     }
 
 
@@ -266,5 +269,7 @@ def test_replicas_survive_a_redis_outage_and_rejoin(outage: Outage, failure: str
     print(f"\nredis outage ({failure}):", json.dumps(report, indent=2))
     assert stays_from is not None, samples
     assert stays_from <= RECOVERY_WINDOW_S, samples
-    # A dead Redis must not stall requests: at most one timed-out call's worth.
+    # A dead Redis must not stall requests: at most one timed-out call's worth, and only
+    # for the requests caught by the failure itself.
     assert during["max_ms"] < MAX_OUTAGE_LATENCY_MS[failure], during
+    assert during["over_500ms"] <= MAX_STALLED[failure], during
