@@ -11,9 +11,9 @@ aggregator running beside them). Then Redis fails for 6 s, in one of two ways:
 
 Nothing a client sends may fail; ``/status`` must say degraded during the outage and not
 after; each replica logs one warning per outage, not one per request; after Redis
-returns the replicas decide through it again, the aggregator applies the new events, and
-the balance of counted tokens over the requests sent since Redis returned is within 2%
-of even within 30 s.
+returns the replicas decide through it again, the aggregator applies the new events and
+those of the requests served during the outage, and the balance of counted tokens over
+the requests sent since Redis returned is within 2% of even within 30 s.
 """
 
 from __future__ import annotations
@@ -230,15 +230,21 @@ def test_replicas_survive_a_redis_outage_and_rejoin(outage: Outage, failure: str
         len(since_restart),
     )
 
-    # The aggregator came back too: every request Redis counted reaches the rollups.
-    settled = _redis_requests(outage.redis_port)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    # The aggregator came back too, and the usage events of the requests served during
+    # the outage reached it late (appended when Redis returned). A killed Redis took the
+    # earlier ones with it; a frozen one kept them, and may also run the few settles that
+    # timed out when it resumed (those were counted locally as well).
+    if failure == "kill":
+        lower, upper = len([o for o in outcomes if o.started >= killed_at]), len(outcomes)
+    else:
+        lower, upper = len(outcomes), len(outcomes) + CONCURRENCY
+    deadline = time.monotonic() + 20
+    while True:
         applied = _rollup_requests(outage.redis_port, started_wall)
-        if applied >= settled:
+        if applied >= lower or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert applied == settled, (applied, settled)
+    assert lower <= applied <= upper, (lower, applied, upper)
     assert outage.aggregator.alive()
     aggregator_log = outage.aggregator.output()
     assert aggregator_log.count("Redis is unavailable") == 1, aggregator_log[-3000:]

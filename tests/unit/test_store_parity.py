@@ -20,6 +20,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.support import ManagedProcess, free_port, start_redis
+from tests.unit.test_events_rollups import usage_event
+from tokenlb_proxy.events import EVENT_FIELD, decode_event
 from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys, balancer_keys
 from tokenlb_proxy.store import (
     Candidate,
@@ -430,5 +432,50 @@ async def test_reservations_from_before_an_outage_are_not_released_twice(
         assert usage["a"].usage == pytest.approx(25.0, rel=1e-3)  # not 25 - 10
         assert usage["b"].usage == pytest.approx(40.0, rel=1e-3)
         assert store.outages == 1
+    finally:
+        await store.close()
+
+
+async def test_events_settled_during_an_outage_reach_the_stream_when_redis_returns(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What was served on local counters still reaches the aggregators: late, flagged."""
+    caplog.set_level(logging.WARNING, logger=RESILIENT_LOGGER)
+    primary = CountingRedisStore(connect_redis(redis_url))
+    store = ResilientStore(primary, LocalStore(), retry_interval_s=0.05, backlog_limit=3)
+    a, b = candidate("a", 1, 10.0), candidate("b", 1, 10.0)
+
+    def settlement(selection: Selection, span: str) -> Settlement:
+        event = usage_event(target="a", span_id=span, prompt_tokens=5, completion_tokens=20)
+        return Settlement(
+            "a", 10.0, selection.reserved_at_ms, 25.0, 5, 20, 0.0, False, selection.backend, event
+        )
+
+    try:
+        in_flight = await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, [a, b])
+        primary.down = True
+        local = [await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, [a, b]) for _ in range(4)]
+        assert {s.backend for s in local} == {"local"}
+        for index, selection in enumerate(local):
+            await store.settle(KEYS, HALF_LIFE_MS, settlement(selection, f"{index + 2:016x}"))
+        # The Redis selection in flight when Redis went away is settled locally too.
+        await store.settle(KEYS, HALF_LIFE_MS, settlement(in_flight, "1" * 16))
+        assert await primary.client.xlen(KEYS.events) == 0
+        primary.down = False
+        await wait_rejoined(store)
+
+        entries = await primary.client.xrange(KEYS.events)
+        events = [decode_event(fields[EVENT_FIELD]) for _, fields in entries]
+        # Five settled, room for three: the oldest two were dropped, and said so.
+        assert [e.span_id for e in events] == [f"{4:016x}", f"{5:016x}", "1" * 16]
+        # Degraded: chosen on local counters; the in-flight one was chosen by Redis.
+        assert [e.degraded for e in events] == [True, True, False]
+        assert warnings_logged(caplog)[-1].endswith(
+            "(3 usage events from the outage appended, 2 dropped)"
+        )
+
+        # A locally chosen request that finishes after the rejoin is appended at once.
+        await store.settle(KEYS, HALF_LIFE_MS, settlement(local[0], "f" * 16))
+        assert await primary.client.xlen(KEYS.events) == 4
     finally:
         await store.close()

@@ -12,7 +12,7 @@ from typing import Any, cast
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisClusterException, RedisError
 
-from tokenlb_proxy.events import encode_event
+from tokenlb_proxy.events import EVENT_FIELD, UsageEvent, encode_event
 from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys
 from tokenlb_proxy.rollups import MinuteRollup, parse_rollup_hash
 from tokenlb_proxy.scripts import lua_source
@@ -100,6 +100,20 @@ class RedisStore:
                 self._stream_max_len,
             ],
         )
+
+    async def append_events(self, entries: Sequence[tuple[BalancerKeys, UsageEvent]]) -> None:
+        """Append events whose settle could not (Redis was down), as ``record_usage.lua``
+        would have: same field, same length cap. One pipelined round trip, one key a
+        command, so it works on a cluster too."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for keys, event in entries:
+                pipe.xadd(
+                    keys.events,
+                    {EVENT_FIELD: encode_event(event)},
+                    maxlen=int(self._stream_max_len),
+                    approximate=True,
+                )
+            await pipe.execute()
 
     async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -15,6 +15,11 @@ A replica must keep serving when Redis goes away: it balances on its own counter
   an outage is settled without releasing it: if Redis lost its data the reservation is
   gone (releasing it would subtract what was never there), and if Redis kept it, it
   decays away like a crashed replica's.
+- The usage events of attempts settled locally are kept (up to ``backlog_limit``, the
+  oldest dropped first) and appended to Redis when it is back, marked ``degraded`` when
+  the local counters chose the target, so the aggregators' rollups, Kong log lines and
+  traces include the outage. They arrive late but carry their real times. An append
+  interrupted by a new failure is retried whole, so those few may count twice.
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import msgspec
 from redis.exceptions import RedisClusterException, RedisError
 
+from tokenlb_proxy.events import UsageEvent
 from tokenlb_proxy.keys import BalancerKeys
 from tokenlb_proxy.rollups import MinuteRollup
 from tokenlb_proxy.store.base import Algorithm, Candidate, Selection, Settlement, TargetTotals
@@ -40,6 +47,9 @@ log = logging.getLogger(__name__)
 
 # RedisClusterException (a slot no master serves) is not a RedisError.
 _OUTAGE_ERRORS = (RedisError, RedisClusterException, OSError)
+#: Events kept while Redis is away (~400 bytes each), and appended per round trip after.
+DEFAULT_BACKLOG_LIMIT = 20_000
+_APPEND_BATCH = 500
 
 
 class ResilientStore:
@@ -48,11 +58,20 @@ class ResilientStore:
     kind = "redis"
 
     def __init__(
-        self, primary: RedisStore, fallback: LocalStore, retry_interval_s: float = 1.0
+        self,
+        primary: RedisStore,
+        fallback: LocalStore,
+        retry_interval_s: float = 1.0,
+        backlog_limit: int = DEFAULT_BACKLOG_LIMIT,
     ) -> None:
         self.primary = primary
         self.fallback = fallback
         self._retry_interval_s = retry_interval_s
+        #: Usage events settled locally, not yet in Redis; one appender at a time.
+        self._backlog: deque[tuple[BalancerKeys, UsageEvent]] = deque(maxlen=backlog_limit)
+        self._appending = asyncio.Lock()
+        #: Events dropped because the backlog was full (reported when Redis returns).
+        self.dropped_events = 0
         #: ``time.monotonic()`` when the current outage began; None while Redis answers.
         self._down_since: float | None = None
         self._probe: asyncio.Task[None] | None = None
@@ -90,19 +109,59 @@ class ResilientStore:
                 await self.primary.ping()
                 for balancer_id, (keys, targets) in list(self._registrations.items()):
                     await self.primary.register(balancer_id, keys, targets)
+                appended = await self._append_backlog()
             except _OUTAGE_ERRORS:
                 continue
-            self._mark_up()
+            self._mark_up(appended)
             return
 
-    def _mark_up(self) -> None:
+    def _mark_up(self, appended: int) -> None:
         down_for = time.monotonic() - (self._down_since or time.monotonic())
         self._down_since = None
         self._probe = None
         self._orphaned_up_to_ms = self._last_redis_ms
+        dropped = f", {self.dropped_events} dropped" if self.dropped_events else ""
+        self.dropped_events = 0
         log.warning(
-            "Redis is reachable again after %.1f s; rejoined the fleet-wide balancer", down_for
+            "Redis is reachable again after %.1f s; rejoined the fleet-wide balancer "
+            "(%d usage events from the outage appended%s)",
+            down_for,
+            appended,
+            dropped,
         )
+
+    async def _settle_locally(
+        self, keys: BalancerKeys, half_life_ms: int, settlement: Settlement
+    ) -> None:
+        """Settle on the local store, and keep the event for Redis."""
+        await self.fallback.settle(keys, half_life_ms, settlement)
+        event = settlement.event
+        if event is None or not self.primary.emit_events:
+            return
+        if len(self._backlog) == self._backlog.maxlen:
+            self.dropped_events += 1
+        degraded = settlement.backend == self.fallback.kind
+        self._backlog.append((keys, msgspec.structs.replace(event, degraded=degraded)))
+        if not self.degraded:  # a request chosen locally that finished after the rejoin
+            try:
+                await self._append_backlog()
+            except _OUTAGE_ERRORS as exc:
+                self._mark_down(exc)
+
+    async def _append_backlog(self) -> int:
+        """Append what the backlog holds to Redis; returns how many were appended."""
+        appended = 0
+        async with self._appending:
+            while self._backlog:
+                size = min(_APPEND_BATCH, len(self._backlog))
+                batch = [self._backlog.popleft() for _ in range(size)]
+                try:
+                    await self.primary.append_events(batch)
+                except BaseException:
+                    self._backlog.extendleft(reversed(batch))  # retried whole next time
+                    raise
+                appended += len(batch)
+        return appended
 
     async def select(
         self,
@@ -123,7 +182,7 @@ class ResilientStore:
 
     async def settle(self, keys: BalancerKeys, half_life_ms: int, settlement: Settlement) -> None:
         if settlement.backend == self.fallback.kind:
-            await self.fallback.settle(keys, half_life_ms, settlement)
+            await self._settle_locally(keys, half_life_ms, settlement)
             return
         if settlement.reserved and settlement.reserved_at_ms <= self._orphaned_up_to_ms:
             settlement = msgspec.structs.replace(settlement, reserved=0.0)
@@ -136,7 +195,7 @@ class ResilientStore:
                 return
         # The Redis reservation is out of reach; the usage still counts locally.
         unreserved = msgspec.structs.replace(settlement, reserved=0.0)
-        await self.fallback.settle(keys, half_life_ms, unreserved)
+        await self._settle_locally(keys, half_life_ms, unreserved)
 
     async def totals(
         self, keys: BalancerKeys, half_life_ms: int, target_ids: Sequence[str]
