@@ -112,6 +112,9 @@ class ResilientStore:
                 appended = await self._append_backlog()
             except _OUTAGE_ERRORS:
                 continue
+            except Exception:  # a bug must not leave the replica degraded for good
+                log.exception("probing Redis failed unexpectedly; probing again")
+                continue
             self._mark_up(appended)
             return
 
