@@ -50,6 +50,7 @@ class RedisClusterNodes:
 
     processes: list[ManagedProcess]
     ports: list[int]
+    log_dir: Path
 
     def url(self, *, nodes: int | None = None) -> str:
         """A ``redis+cluster://`` URL listing the first ``nodes`` masters (all by default)."""
@@ -74,9 +75,32 @@ class RedisClusterNodes:
         finally:
             client.close()
 
+    def restart(self, index: int) -> None:
+        """Start master ``index`` again (after a kill): empty, but its nodes.conf keeps
+        its identity and slots, so it rejoins the cluster as the same master."""
+        self.processes[index].stop()
+        self.processes[index] = _start_node(self.log_dir, self.ports[index])
+        _wait_for(lambda: all(_cluster_ok(p) for p in self.ports), "the cluster to heal")
+
     def stop(self) -> None:
         for process in self.processes:
             process.stop()
+
+
+def _start_node(log_dir: Path, port: int) -> ManagedProcess:
+    node_dir = log_dir / f"cluster-{port}"
+    node_dir.mkdir(exist_ok=True)
+    process, _ = start_redis(
+        log_dir,
+        port,
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        str(node_dir / "nodes.conf"),
+        "--cluster-node-timeout",
+        "2000",
+    )
+    return process
 
 
 def start_redis_cluster(log_dir: Path, masters: int = 3) -> RedisClusterNodes:
@@ -89,19 +113,7 @@ def start_redis_cluster(log_dir: Path, masters: int = 3) -> RedisClusterNodes:
     try:
         for _ in range(masters):
             port = free_cluster_port()
-            node_dir = log_dir / f"cluster-{port}"
-            node_dir.mkdir()
-            process, _ = start_redis(
-                log_dir,
-                port,
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                str(node_dir / "nodes.conf"),
-                "--cluster-node-timeout",
-                "2000",
-            )
-            processes.append(process)
+            processes.append(_start_node(log_dir, port))
             ports.append(port)
         subprocess.run(
             [
@@ -122,7 +134,7 @@ def start_redis_cluster(log_dir: Path, masters: int = 3) -> RedisClusterNodes:
         for process in processes:
             process.stop()
         raise
-    return RedisClusterNodes(processes, ports)
+    return RedisClusterNodes(processes, ports, log_dir)
 
 
 def _cluster_ok(port: int) -> bool:

@@ -30,9 +30,10 @@ from tests.cluster.fleet import (
     run_load,
     write_config,
 )
+from tests.cluster.steady_load import SteadyLoad
 from tests.redis_topologies import RedisClusterNodes, start_redis_cluster
 from tests.support import ManagedProcess, start_mock, start_proxies, tokenlb_command
-from tokenlb_proxy.keys import BALANCERS_KEY, balancer_keys
+from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys, balancer_keys
 
 pytestmark = pytest.mark.cluster
 
@@ -196,3 +197,68 @@ def test_aggregator_stats_and_status_read_the_cluster(fleet: ClusterFleet) -> No
     for process in (fleet.aggregator, *fleet.replicas):
         assert "Traceback" not in process.output(), process.output()[-3000:]
         assert "unreachable" not in process.output()
+
+
+def test_a_dead_master_degrades_the_fleet_once_and_it_rejoins(tmp_path: Path) -> None:
+    """SIGKILL the master holding a balancer under load, restart it 6 s later (empty, same
+    slots): no request fails, each replica warns once (no flapping while other masters
+    still answer pings), and decisions go through the cluster again afterwards."""
+    scenario = SCENARIOS[2]
+    nodes = start_redis_cluster(tmp_path)
+    processes: list[ManagedProcess] = []
+    try:
+        mock, mock_port = start_mock(tmp_path, "--latency-ms", "20")
+        processes.append(mock)
+        config = write_config(tmp_path / "kong.yaml", SCENARIOS, mock_port)
+        replicas = start_proxies(tmp_path, config, REPLICAS, redis_url=nodes.url())
+        processes += [p for p, _, _ in replicas]
+        keys = balancer_keys(f"route:{scenario.name}")
+        victim = nodes.ports.index(nodes.master_of_slot(nodes.keyslot(keys.usage)))
+        load = SteadyLoad(
+            [port for _, port, _ in replicas],
+            scenario.name,
+            heavy_tailed_prompts(200, seed=5),
+            rate=40,
+            concurrency=8,
+        ).start()
+        try:
+            time.sleep(3)
+            nodes.processes[victim].kill()
+            time.sleep(6)
+            assert all(_status(admin)["degraded"] for _, _, admin in replicas)
+            nodes.restart(victim)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and any(
+                _status(admin)["degraded"] for _, _, admin in replicas
+            ):
+                time.sleep(0.25)
+            assert not any(_status(admin)["degraded"] for _, _, admin in replicas)
+            before = _requests_in(nodes, keys)
+            time.sleep(3)
+            assert _requests_in(nodes, keys) > before  # decided and settled in the cluster
+        finally:
+            outcomes = load.stop()
+        failures = [o for o in outcomes if o.error is not None]
+        assert not failures, f"{len(failures)} of {len(outcomes)} failed: {failures[0]}"
+        for process, _, _ in replicas:
+            log = process.output()
+            assert log.count("Redis is unreachable") == 1, log[-3000:]
+            assert "Traceback" not in log, log[-3000:]
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
+        nodes.stop()
+
+
+def _status(admin_port: int) -> dict[str, Any]:
+    status: dict[str, Any] = httpx.get(f"http://127.0.0.1:{admin_port}/status", timeout=10).json()
+    return status
+
+
+def _requests_in(nodes: RedisClusterNodes, keys: BalancerKeys) -> int:
+    client = redis.RedisCluster(host="127.0.0.1", port=nodes.ports[0], decode_responses=True)
+    try:
+        totals = client.hgetall(keys.totals)
+    finally:
+        client.close()
+    return sum(int(v) for k, v in totals.items() if k.endswith(":requests"))
