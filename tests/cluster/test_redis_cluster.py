@@ -37,7 +37,7 @@ from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys, balancer_keys
 
 pytestmark = pytest.mark.cluster
 
-REQUESTS = 800
+REQUESTS = 1000
 CONCURRENCY = 24
 REPLICAS = 2
 MAX_IMBALANCE = 0.03
@@ -86,8 +86,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFleet]:
         ports = [port for _, port, _ in replicas]
         mock_url = f"http://127.0.0.1:{mock_port}"
         results: dict[str, float] = {}
-        for scenario in SCENARIOS:
-            prompts = heavy_tailed_prompts(REQUESTS, seed=hash(scenario.name) % 1000)
+        for index, scenario in enumerate(SCENARIOS):
+            prompts = heavy_tailed_prompts(REQUESTS, seed=index)
             failures = asyncio.run(run_load(ports, scenario.name, prompts, CONCURRENCY))
             assert failures == 0
             stats = httpx.get(f"{mock_url}/mock/stats", timeout=5).json()["by_model"]
