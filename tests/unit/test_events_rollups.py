@@ -460,6 +460,17 @@ def test_spans_carry_genai_and_tokenlb_attributes() -> None:
         assert not any(name.startswith("gen_ai.output") for name in attributes)
 
 
+def test_events_from_a_redis_outage_mark_their_spans_degraded() -> None:
+    normal = by_kind(event_spans(usage_event(), RESOURCE))
+    degraded = by_kind(event_spans(usage_event(degraded=True), RESOURCE))
+    for kind in (SpanKind.CLIENT, SpanKind.SERVER):
+        assert "tokenlb.degraded" not in dict(normal[kind].attributes or {})
+        assert dict(degraded[kind].attributes or {})["tokenlb.degraded"] is True
+    # Normal events do not carry the flag at all (the stream stays as it was).
+    assert b"degraded" not in encode_event(usage_event())
+    assert decode_event(encode_event(usage_event(degraded=True))).degraded is True
+
+
 def test_payloads_become_span_attributes_only_when_logged() -> None:
     event = usage_event(request_payload='{"messages":[{"role":"user"}]}', response_payload="{}")
 

@@ -17,9 +17,12 @@ from pathlib import Path
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.support import ManagedProcess, free_port, start_redis
-from tokenlb_proxy.keys import BalancerKeys, balancer_keys
+from tests.unit.test_events_rollups import usage_event
+from tokenlb_proxy.events import EVENT_FIELD, decode_event
+from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys, balancer_keys
 from tokenlb_proxy.store import (
     Candidate,
     LocalStore,
@@ -534,9 +537,10 @@ async def test_a_failed_attempt_frees_its_tokens_but_counts_as_a_request(
 
 
 class CountingRedisStore(RedisStore):
-    """Counts how often the primary is tried, to show the retry interval is honoured."""
+    """Counts how often requests try the primary, and fails on demand (``down``)."""
 
     select_attempts = 0
+    down = False
 
     async def select(
         self,
@@ -546,7 +550,14 @@ class CountingRedisStore(RedisStore):
         candidates: Sequence[Candidate],
     ) -> Selection:
         self.select_attempts += 1
+        if self.down:
+            raise RedisConnectionError("simulated outage")
         return await super().select(keys, algorithm, half_life_ms, candidates)
+
+    async def ping(self) -> None:
+        if self.down:
+            raise RedisConnectionError("simulated outage")
+        await super().ping()
 
 
 @pytest.fixture
@@ -564,6 +575,14 @@ def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
         for record in caplog.records
         if record.name == RESILIENT_LOGGER and record.levelno == logging.WARNING
     ]
+
+
+async def wait_rejoined(store: ResilientStore, timeout_s: float = 5.0) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if not store.degraded:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"still degraded after {timeout_s} s")
 
 
 async def test_resilient_store_falls_back_and_rejoins(
@@ -584,13 +603,15 @@ async def test_resilient_store_falls_back_and_rejoins(
         assert [s.backend for s in down] == ["local"] * 10
         assert [s.index for s in down] == [0, 1] * 5
         assert store.degraded
-        assert primary.select_attempts == 1  # then no probe before the retry interval
+        assert primary.select_attempts == 1  # the failure that revealed the outage
 
-        await asyncio.sleep(retry_interval_s + 0.05)
+        # Requests never probe a dead Redis: a background probe does, without warning.
+        await asyncio.sleep(retry_interval_s * 2.5)
         for _ in range(10):
             selection = await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, targets)
             assert selection.backend == "local"
-        assert primary.select_attempts == 2  # one failed probe, no new warning
+        assert primary.select_attempts == 1
+        assert store.degraded
         assert store.outages == 1
         assert len(warnings_logged(caplog)) == 1
         assert "unreachable" in warnings_logged(caplog)[0]
@@ -603,18 +624,20 @@ async def test_resilient_store_falls_back_and_rejoins(
         # Ten reservations of 10 on a, one of them swapped for its actual 25.
         assert local.usage == 115.0
         assert (await store.totals(KEYS, HALF_LIFE_MS, ["a"]))["a"].requests == 1
+        # Announced while down: kept, and announced to Redis when it returns.
+        await store.register("parity", KEYS, {"a": '{"model": "a"}'})
 
-        # Redis comes up on that port: after the retry interval the store rejoins it.
+        # Redis comes up on that port: the probe finds it and the store rejoins.
         process, _ = start_redis(process_logs, dead_port)
         late_redis.append(process)
-        await asyncio.sleep(retry_interval_s)
+        await wait_rejoined(store)
+        assert await primary.client.smembers(BALANCERS_KEY) == {"parity"}
+        assert await primary.client.hgetall(KEYS.targets) == {"a": '{"model": "a"}'}
         back = await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, targets)
         assert back.backend == "redis"
         assert back.index == 0  # Redis has none of the local usage
-        assert not store.degraded
-        assert warnings_logged(caplog)[1:] == [
-            "Redis is reachable again; rejoined the fleet-wide balancer"
-        ]
+        assert len(warnings_logged(caplog)) == 2
+        assert warnings_logged(caplog)[1].startswith("Redis is reachable again after ")
 
         # ...and a Redis selection is settled on Redis, not locally.
         settlement = Settlement("a", 10.0, back.reserved_at_ms, 30.0, 10, 20, 0.2, False, "redis")
@@ -623,5 +646,83 @@ async def test_resilient_store_falls_back_and_rejoins(
         assert (await fallback.totals(KEYS, HALF_LIFE_MS, ["a"]))["a"].requests == 1
         assert (await store.totals(KEYS, HALF_LIFE_MS, ["a"]))["a"].total_tokens == 30
         assert len(warnings_logged(caplog)) == 2
+    finally:
+        await store.close()
+
+
+async def test_reservations_from_before_an_outage_are_not_released_twice(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis restarted empty while a request was in flight: settling it adds its usage and
+    subtracts no reservation that the new Redis never had."""
+    caplog.set_level(logging.WARNING, logger=RESILIENT_LOGGER)
+    primary = CountingRedisStore(connect_redis(redis_url))
+    store = ResilientStore(primary, LocalStore(), retry_interval_s=0.05)
+    a, b = candidate("a", 1, 10.0), candidate("b", 1, 10.0)
+    try:
+        before = await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, [a, b])
+        assert (before.backend, before.index) == ("redis", 0)
+        primary.down = True
+        assert (await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, [a, b])).backend == "local"
+        await primary.client.flushall()  # it comes back without its data
+        primary.down = False
+        await wait_rejoined(store)
+        # The new Redis balances from scratch: b takes 40 while a is still in flight.
+        fresh = await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, [candidate("b", 1, 40.0)])
+        assert fresh.backend == "redis"
+        await store.settle(
+            KEYS,
+            HALF_LIFE_MS,
+            Settlement("a", 10.0, before.reserved_at_ms, 25.0, 5, 20, 0.0, False, "redis"),
+        )
+        usage = await store.totals(KEYS, HALF_LIFE_MS, ["a", "b"])
+        assert usage["a"].usage == pytest.approx(25.0, rel=1e-3)  # not 25 - 10
+        assert usage["b"].usage == pytest.approx(40.0, rel=1e-3)
+        assert store.outages == 1
+    finally:
+        await store.close()
+
+
+async def test_events_settled_during_an_outage_reach_the_stream_when_redis_returns(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What was served on local counters still reaches the aggregators: late, flagged."""
+    caplog.set_level(logging.WARNING, logger=RESILIENT_LOGGER)
+    primary = CountingRedisStore(connect_redis(redis_url))
+    store = ResilientStore(primary, LocalStore(), retry_interval_s=0.05, backlog_limit=3)
+    a, b = candidate("a", 1, 10.0), candidate("b", 1, 10.0)
+
+    def settlement(selection: Selection, span: str) -> Settlement:
+        event = usage_event(target="a", span_id=span, prompt_tokens=5, completion_tokens=20)
+        return Settlement(
+            "a", 10.0, selection.reserved_at_ms, 25.0, 5, 20, 0.0, False, selection.backend, event
+        )
+
+    try:
+        in_flight = await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, [a, b])
+        primary.down = True
+        local = [await store.select(KEYS, "lowest-usage", HALF_LIFE_MS, [a, b]) for _ in range(4)]
+        assert {s.backend for s in local} == {"local"}
+        for index, selection in enumerate(local):
+            await store.settle(KEYS, HALF_LIFE_MS, settlement(selection, f"{index + 2:016x}"))
+        # The Redis selection in flight when Redis went away is settled locally too.
+        await store.settle(KEYS, HALF_LIFE_MS, settlement(in_flight, "1" * 16))
+        assert await primary.client.xlen(KEYS.events) == 0
+        primary.down = False
+        await wait_rejoined(store)
+
+        entries = await primary.client.xrange(KEYS.events)
+        events = [decode_event(fields[EVENT_FIELD]) for _, fields in entries]
+        # Five settled, room for three: the oldest two were dropped, and said so.
+        assert [e.span_id for e in events] == [f"{4:016x}", f"{5:016x}", "1" * 16]
+        # Degraded: chosen on local counters; the in-flight one was chosen by Redis.
+        assert [e.degraded for e in events] == [True, True, False]
+        assert warnings_logged(caplog)[-1].endswith(
+            "(3 usage events from the outage appended, 2 dropped)"
+        )
+
+        # A locally chosen request that finishes after the rejoin is appended at once.
+        await store.settle(KEYS, HALF_LIFE_MS, settlement(local[0], "f" * 16))
+        assert await primary.client.xlen(KEYS.events) == 4
     finally:
         await store.close()

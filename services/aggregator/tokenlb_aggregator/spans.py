@@ -113,6 +113,8 @@ def event_spans(
         attempt_attributes["http.response.status_code"] = event.status
     if event.error:
         attempt_attributes["error.type"] = event.error
+    if event.degraded:
+        attempt_attributes["tokenlb.degraded"] = True
     if upstream_url:
         parts = urlsplit(upstream_url)
         attempt_attributes["server.address"] = parts.hostname or ""
@@ -162,6 +164,8 @@ def event_spans(
             request_attributes["gen_ai.response.model"] = event.response_model
         if event.error:
             request_attributes["error.type"] = event.error
+        if event.degraded:
+            request_attributes["tokenlb.degraded"] = True
         spans.append(
             ReadableSpan(
                 name="tokenlb chat",

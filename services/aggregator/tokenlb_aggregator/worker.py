@@ -26,7 +26,12 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    ClusterError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+)
 
 from tokenlb_aggregator.settings import AggregatorSettings
 from tokenlb_aggregator.sink import LogSink
@@ -41,13 +46,23 @@ from tokenlb_proxy.keys import (
 )
 from tokenlb_proxy.rollups import LATENCY_FIELD_PREFIX, latency_bucket
 from tokenlb_proxy.scripts import lua_source
-from tokenlb_proxy.store.redis import connect_redis
+from tokenlb_proxy.store.connect import RedisClient, connect_redis
 
 __all__ = ["Aggregator", "AggregatorStats"]
 
 log = logging.getLogger(__name__)
 
 _Entry = tuple[str, dict[str, str]]
+
+#: Errors that mean Redis (or part of a cluster) is unavailable for now: wait and retry.
+_UNAVAILABLE = (
+    aioredis.ConnectionError,
+    aioredis.TimeoutError,
+    ClusterError,
+    RedisClusterException,
+    ReadOnlyError,
+    OSError,
+)
 
 
 @dataclass
@@ -77,7 +92,7 @@ class Aggregator:
         *,
         sink: LogSink,
         spans: SpanEmitter | None,
-        client: aioredis.Redis | None = None,
+        client: RedisClient | None = None,
     ) -> None:
         self.settings = settings
         self.client = client or connect_redis(settings.redis_url, timeout_s=5.0)
@@ -100,14 +115,27 @@ class Aggregator:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop)
         log.info("aggregator %s started (group %s)", self.settings.name, self.settings.group)
+        down_since: float | None = None
         try:
             while not self._stopping.is_set():
                 try:
                     applied = await self.run_once()
-                except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
-                    log.warning("Redis unavailable (%s); retrying in 1 s", type(exc).__name__)
+                except _UNAVAILABLE as exc:
+                    if down_since is None:  # one warning per outage, not one a second
+                        down_since = time.monotonic()
+                        log.warning(
+                            "Redis is unavailable (%s: %s); retrying every second",
+                            type(exc).__name__,
+                            exc,
+                        )
                     await self._sleep(1.0)
                     continue
+                if down_since is not None:
+                    log.warning(
+                        "Redis is reachable again after %.1f s; aggregating",
+                        time.monotonic() - down_since,
+                    )
+                    down_since = None
                 if applied == 0:
                     await self._sleep(self.settings.idle_sleep_ms / 1000)
         finally:
@@ -152,7 +180,7 @@ class Aggregator:
                 pipe.zrem(AGGREGATORS_KEY, self.settings.name)
                 pipe.delete(aggregator_heartbeat_key(self.settings.name))
                 await pipe.execute()
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+        except _UNAVAILABLE:
             pass  # the heartbeat expires by itself
         await self.client.aclose()
 

@@ -6,6 +6,7 @@ Litestar's own (unknown method, bad path), leaves as an OpenAI-style JSON error.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from litestar import Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
+from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy import __version__
 from tokenlb_proxy.errors import ProxyError, error_body
@@ -118,9 +120,11 @@ def create_admin_app(runtime: Runtime) -> Litestar:
             )
         aggregators: dict[str, Any] | None = None
         if runtime.redis is not None and reachable:
-            aggregators = await aggregator_health(
-                runtime.redis, [plan.keys for plan in runtime.gateway.balancers]
-            )
+            # Redis may have gone away since the ping: report the rest.
+            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                aggregators = await aggregator_health(
+                    runtime.redis, [plan.keys for plan in runtime.gateway.balancers]
+                )
         degraded = runtime.degraded(reachable)
         return {
             "version": __version__,

@@ -72,6 +72,10 @@ def parse_chat_request(body: bytes) -> ParsedRequest:
         raw = _decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"{BAD_JSON}: {exc}") from exc
+    except UnicodeDecodeError as exc:  # msgspec raises it for invalid UTF-8 in a string
+        raise InvalidRequest(f"{BAD_JSON}: invalid UTF-8 in a string ({exc.reason})") from exc
+    except RecursionError as exc:  # msgspec's guard against the C stack running out
+        raise InvalidRequest(f"{BAD_JSON}: JSON nested too deeply") from exc
     if not isinstance(raw, dict):
         raise InvalidRequest(f"{BAD_JSON}: the body must be a JSON object")
     if not raw.get("messages"):

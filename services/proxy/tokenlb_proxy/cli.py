@@ -36,6 +36,19 @@ def _configure_logging(command: str, default_level: str = "INFO") -> bool:
     return True
 
 
+def _valid_redis_url(command: str, url: str) -> bool:
+    """Whether ``url`` is a Redis URL tokenlb understands; says why not on stderr."""
+    from tokenlb_proxy.settings import redact_url  # noqa: PLC0415
+    from tokenlb_proxy.store.connect import parse_redis_url  # noqa: PLC0415
+
+    try:
+        parse_redis_url(url)
+    except ValueError as exc:
+        print(f"tokenlb {command}: invalid Redis URL {redact_url(url)}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from tokenlb_proxy.config import ConfigError  # noqa: PLC0415 - keep `--help` fast
     from tokenlb_proxy.server import run_proxy  # noqa: PLC0415
@@ -54,6 +67,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
     )
     if not settings.config_path:
         print("tokenlb proxy: --config FILE (or TOKENLB_CONFIG) is required", file=sys.stderr)
+        return 2
+    if settings.redis_url and not _valid_redis_url("proxy", settings.redis_url):
         return 2
     try:
         run_proxy(settings)
@@ -81,6 +96,8 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
     if not settings.redis_url:
         print("tokenlb aggregator: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
         return 2
+    if not _valid_redis_url("aggregator", settings.redis_url):
+        return 2
     run_aggregator(settings)
     return 0
 
@@ -93,6 +110,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     redis_url = args.redis_url or os.environ.get("TOKENLB_REDIS_URL")
     if not redis_url:
         print("tokenlb stats: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
+        return 2
+    if not _valid_redis_url("stats", redis_url):
         return 2
     return asyncio.run(
         print_stats(redis_url, args.minutes, as_json=args.json, per_minute=args.per_minute)

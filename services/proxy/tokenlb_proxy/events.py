@@ -62,6 +62,9 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: Request and response bodies, only when the target has ``log_payloads``.
     request_payload: str | None = None
     response_payload: str | None = None
+    #: Chosen on the replica's local counters while Redis was unreachable; the event was
+    #: appended when Redis came back (see store/resilient.py).
+    degraded: bool = False
 
     @property
     def failed(self) -> bool:

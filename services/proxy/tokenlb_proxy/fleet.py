@@ -1,7 +1,8 @@
 """What the fleet looks like from Redis: balancers, targets, aggregators and their lag.
 
 Shared by the admin port (``/status``, ``/stats``), ``tokenlb stats`` and the aggregator,
-so every view reads the same keys the same way.
+so every view reads the same keys the same way. Every command names one key (or pipelines
+single-key commands), so all of it works on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import time
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from tokenlb_proxy.keys import (
@@ -20,25 +20,26 @@ from tokenlb_proxy.keys import (
     BalancerKeys,
     aggregator_heartbeat_key,
 )
+from tokenlb_proxy.store.connect import RedisClient
 
 __all__ = ["aggregator_health", "balancer_ids", "stream_backlog", "target_descriptions"]
 
 _decoder = msgspec.json.Decoder(dict[str, Any])
 
 
-async def balancer_ids(client: aioredis.Redis) -> list[str]:
+async def balancer_ids(client: RedisClient) -> list[str]:
     """Every balancer a replica has announced."""
     members = await client.smembers(BALANCERS_KEY)
     return sorted(str(m) for m in members)
 
 
-async def target_descriptions(client: aioredis.Redis, keys: BalancerKeys) -> dict[str, Any]:
+async def target_descriptions(client: RedisClient, keys: BalancerKeys) -> dict[str, Any]:
     """target id -> description (model, weight, url, index) as the replicas announced it."""
     raw = await client.hgetall(keys.targets)
     return {str(target_id): _decoder.decode(value) for target_id, value in raw.items()}
 
 
-async def stream_backlog(client: aioredis.Redis, keys: BalancerKeys) -> dict[str, int | None]:
+async def stream_backlog(client: RedisClient, keys: BalancerKeys) -> dict[str, int | None]:
     """Events not yet read by the aggregators (``lag``) and read but unacknowledged
     (``pending``); ``lag`` is None when no aggregator group exists yet."""
     try:
@@ -58,7 +59,7 @@ async def stream_backlog(client: aioredis.Redis, keys: BalancerKeys) -> dict[str
 
 
 async def aggregator_health(
-    client: aioredis.Redis, balancers: list[BalancerKeys], fresh_s: float = 10.0
+    client: RedisClient, balancers: list[BalancerKeys], fresh_s: float = 10.0
 ) -> dict[str, Any]:
     """Which aggregators sent a heartbeat lately, and the event backlog per balancer."""
     now_ms = time.time() * 1000
@@ -67,7 +68,12 @@ async def aggregator_health(
     ]
     alive = []
     if names:
-        beats = await client.mget([aggregator_heartbeat_key(n) for n in names])
+        # One GET per key, pipelined: heartbeat keys live on different cluster slots,
+        # where a single MGET would be refused (CROSSSLOT).
+        async with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.get(aggregator_heartbeat_key(name))
+            beats: list[str | None] = await pipe.execute()
         alive = [
             {"name": name, **_decoder.decode(beat)}
             for name, beat in zip(names, beats, strict=True)

@@ -13,7 +13,6 @@ import time
 
 import httpx
 import msgspec
-import redis.asyncio as aioredis
 
 from tokenlb_proxy.config import load_config
 from tokenlb_proxy.metrics import ProxyMetrics, TimedStore
@@ -21,7 +20,7 @@ from tokenlb_proxy.plan import BalancerPlan, Gateway
 from tokenlb_proxy.proxy import ProxyService
 from tokenlb_proxy.settings import ProxySettings
 from tokenlb_proxy.store import LocalStore, RedisStore, ResilientStore, UsageStore
-from tokenlb_proxy.store.redis import connect_redis
+from tokenlb_proxy.store.connect import RedisClient, connect_redis
 from tokenlb_proxy.tokens import get_counter
 
 __all__ = ["Runtime", "describe_targets"]
@@ -48,9 +47,9 @@ class Runtime:
         self.gateway = gateway if gateway is not None else load_config(settings.config_path)
         self.store: UsageStore
         #: The shared Redis, for the admin views of the fleet (None on the embedded store).
-        self.redis: aioredis.Redis | None = None
+        self.redis: RedisClient | None = None
         if settings.redis_url:
-            self.redis = connect_redis(settings.redis_url)
+            self.redis = connect_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
             redis_store = RedisStore(self.redis, emit_events=settings.usage_events)
             self.store = ResilientStore(redis_store, LocalStore())
         else:

@@ -49,6 +49,9 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     usage_events: bool = True
     #: Seconds between re-announcements of this replica's balancers to Redis.
     announce_interval_s: float = 10.0
+    #: Connect and read timeout of Redis calls, seconds: the longest a request waits on a
+    #: Redis that stopped answering before this replica falls back to local counters.
+    redis_timeout_s: float = 1.0
 
 
 def settings_from_env(
@@ -63,6 +66,7 @@ def settings_from_env(
         "log_level": log.level,
         "usage_events": env.get("TOKENLB_USAGE_EVENTS", "1").lower() not in ("0", "false", "no"),
         "announce_interval_s": float(env.get("TOKENLB_ANNOUNCE_INTERVAL_S", "10")),
+        "redis_timeout_s": float(env.get("TOKENLB_REDIS_TIMEOUT_S", "1")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return msgspec.convert(values, ProxySettings)

@@ -1,14 +1,18 @@
-"""Fleet-wide balancer state in Redis: one EVALSHA to choose, one to settle."""
+"""Fleet-wide balancer state in Redis: one EVALSHA to choose, one to settle.
+
+Works the same on one server, a Redis Cluster or a Sentinel-watched master (see
+``store/connect.py``): every key a call touches carries the balancer's hash tag.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, cast
 
-import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import RedisClusterException, RedisError
 
-from tokenlb_proxy.events import encode_event
+from tokenlb_proxy.events import EVENT_FIELD, UsageEvent, encode_event
 from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys
 from tokenlb_proxy.rollups import MinuteRollup, parse_rollup_hash
 from tokenlb_proxy.scripts import lua_source
@@ -21,19 +25,9 @@ from tokenlb_proxy.store.base import (
     Settlement,
     TargetTotals,
 )
+from tokenlb_proxy.store.connect import RedisClient, connect_redis
 
 __all__ = ["RedisStore", "connect_redis"]
-
-
-def connect_redis(url: str, *, timeout_s: float = 1.0) -> aioredis.Redis:
-    """A pooled client; short timeouts so an outage turns into fallback, not a stall."""
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        health_check_interval=30,
-    )
 
 
 class RedisStore:
@@ -43,7 +37,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         roll_after: float = DEFAULT_ROLL_AFTER,
         stream_max_len: int = DEFAULT_STREAM_MAX_LEN,
         emit_events: bool = True,
@@ -139,6 +133,20 @@ class RedisStore:
             ],
         )
 
+    async def append_events(self, entries: Sequence[tuple[BalancerKeys, UsageEvent]]) -> None:
+        """Append events whose settle could not (Redis was down), as ``record_usage.lua``
+        would have: same field, same length cap. One pipelined round trip, one key a
+        command, so it works on a cluster too."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for keys, event in entries:
+                pipe.xadd(
+                    keys.events,
+                    {EVENT_FIELD: encode_event(event)},
+                    maxlen=int(self._stream_max_len),
+                    approximate=True,
+                )
+            await pipe.execute()
+
     async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.sadd(BALANCERS_KEY, balancer_id)
@@ -162,14 +170,17 @@ class RedisStore:
     ) -> dict[str, TargetTotals]:
         if not target_ids:
             return {}
+        # One transaction (all keys share the balancer's slot): scores and the epoch they
+        # are relative to must come from the same instant. TIME has no key, so on a
+        # cluster it cannot join the transaction; a moment later is close enough.
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.totals)
             pipe.zmscore(keys.usage, list(target_ids))
             pipe.hget(keys.meta, "epoch_ms")
-            pipe.time()
             pipe.hmget(keys.in_flight, list(target_ids))
             pipe.hmget(keys.latency, [f"{target_id}:avg" for target_id in target_ids])
-            counters, scores, epoch_ms, server_time, in_flight, latency = await pipe.execute()
+            counters, scores, epoch_ms, in_flight, latency = await pipe.execute()
+        server_time = await self.client.time()
         now_ms = int(server_time[0]) * 1000 + int(server_time[1]) // 1000
         decay = 2.0 ** (-(now_ms - int(epoch_ms)) / half_life_ms) if epoch_ms else 0.0
         rows = zip(target_ids, scores, in_flight, latency, strict=True)
@@ -184,10 +195,14 @@ class RedisStore:
             for target_id, score, leases, average in rows
         }
 
+    async def ping(self) -> None:
+        """Raise unless Redis answers now."""
+        await self.client.ping()
+
     async def healthy(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (aioredis.ConnectionError, aioredis.TimeoutError, OSError):
+        except (RedisError, RedisClusterException, OSError):
             return False
 
     async def close(self) -> None:
