@@ -89,7 +89,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterFleet]:
         for index, scenario in enumerate(SCENARIOS):
             prompts = heavy_tailed_prompts(REQUESTS, seed=index)
             failures = asyncio.run(run_load(ports, scenario.name, prompts, CONCURRENCY))
-            assert failures == 0
+            assert failures == []
             stats = httpx.get(f"{mock_url}/mock/stats", timeout=5).json()["by_model"]
             assert sum(stats[m]["requests"] for m in scenario.models) == REQUESTS
             results[scenario.name] = imbalance(counted_per_model(stats, scenario), scenario)
