@@ -62,6 +62,9 @@ _UNAVAILABLE = (
     RedisClusterException,
     ReadOnlyError,
     OSError,
+    # uvloop: redis-py writing to a connection a dead node closed (see the proxy's
+    # store/resilient.py).
+    RuntimeError,
 )
 
 

@@ -121,7 +121,7 @@ def create_admin_app(runtime: Runtime) -> Litestar:
         aggregators: dict[str, Any] | None = None
         if runtime.redis is not None and reachable:
             # Redis may have gone away since the ping: report the rest.
-            with contextlib.suppress(RedisError, RedisClusterException, OSError):
+            with contextlib.suppress(RedisError, RedisClusterException, OSError, RuntimeError):
                 aggregators = await aggregator_health(
                     runtime.redis, [plan.keys for plan in runtime.gateway.balancers]
                 )

@@ -202,8 +202,8 @@ class RedisStore:
     async def healthy(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (RedisError, RedisClusterException, OSError):
-            return False
+        except (RedisError, RedisClusterException, OSError, RuntimeError):
+            return False  # RuntimeError: see store/resilient.py's _OUTAGE_ERRORS
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -46,7 +46,10 @@ __all__ = ["ResilientStore"]
 log = logging.getLogger(__name__)
 
 # RedisClusterException (a slot no master serves) is not a RedisError.
-_OUTAGE_ERRORS = (RedisError, RedisClusterException, OSError)
+#: What a Redis outage looks like from here. RuntimeError too: under uvloop, redis-py's
+#: cluster client can write to a connection whose transport a dead node already closed
+#: ("unable to perform operation on <TCPTransport closed=True>").
+_OUTAGE_ERRORS = (RedisError, RedisClusterException, OSError, RuntimeError)
 #: Events kept while Redis is away (~400 bytes each), and appended per round trip after.
 DEFAULT_BACKLOG_LIMIT = 20_000
 _APPEND_BATCH = 500
