@@ -239,8 +239,15 @@ plugins:
 
 
 def start_tokenlb(
-    workdir: Path, python: str, config: Path, redis_port: int, cpu: int | None, name: str
+    workdir: Path,
+    python: str,
+    config: Path,
+    redis_port: int,
+    cpu: int | None,
+    name: str,
+    source: Path = REPO,
 ) -> tuple[Managed, int]:
+    """A replica running the code in ``source`` (this checkout, or an exported revision)."""
     port, admin = free_port(), free_port()
     proc = Managed(
         name,
@@ -253,7 +260,7 @@ def start_tokenlb(
         ],
         workdir / f"{name}.log",
         cpu,
-        env={"PYTHONPATH": str(REPO / "services" / "proxy")},
+        env={"PYTHONPATH": str(source / "services" / "proxy")},
     )
     proc.wait_until(lambda: port_open(port) and http_ok(f"http://127.0.0.1:{admin}/status"))
     return proc, port
