@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--kind", choices=("plain", "stream"), default="plain")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--out", type=Path, default=run.RESULTS)
+    parser.add_argument("--native", action="store_true", help="include C frames (py-spy --native)")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -87,16 +88,21 @@ def main() -> int:
                 ],
             )
             time.sleep(1.5)
-            subprocess.run(
+            # --native has to pause the process to unwind C stacks.
+            sampling = ["--native"] if args.native else ["--nonblocking"]
+            spy = subprocess.run(
                 [
-                    *(py_spy, "record", "--nonblocking", "--rate", "250", "--format", "raw"),
+                    *(py_spy, "record", *sampling, "--rate", "250", "--format", "raw"),
                     *("--duration", str(int(args.seconds)), "--output", str(collapsed)),
                     *("--pid", str(replica.pid)),
                 ],
-                check=True,
                 capture_output=True,
+                text=True,
+                check=False,
             )
             load.wait(timeout=args.seconds + 60)
+            if spy.returncode != 0:
+                raise SystemExit(f"py-spy failed: {spy.stderr.strip()}")
         finally:
             system.stop()
             mock.stop()
