@@ -259,13 +259,16 @@ def plot(results: dict[str, Any], path: Path) -> None:
         "tokenlb-2": "tab:green",
         "litellm-1": "tab:red",
     }
+    spare = iter(("tab:orange", "tab:purple", "tab:brown", "tab:olive", "tab:cyan"))
+    for system in results["systems"]:
+        colors.setdefault(system, next(spare, "tab:gray"))
     for ax, kind in zip(axes[0], kinds, strict=True):
         for system, data in results["systems"].items():
             if kind not in data:
                 continue
             steps = [s for s in data[kind]["steps"] if s["ok"]]
             x = [s["offered_rps"] for s in steps]
-            color = colors.get(system)
+            color = colors[system]
             ax.plot(
                 x,
                 [s["latency_ms"]["p50"] for s in steps],
