@@ -4,7 +4,7 @@ record_usage) against a private redis-server, next to the in-process store.
     python bench/store_latency.py [--calls 20000] [--targets 2] [--concurrency 32]
 
 Prints client-observed latency percentiles per call (sequential, one connection) and
-Redis's own CPU time per script call (INFO commandstats), plus pipelined throughput.
+Redis's own CPU time per script call (INFO commandstats), plus concurrent throughput.
 Everything runs on 127.0.0.1 and stops by itself.
 """
 
@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 from tokenlb_proxy.keys import balancer_keys
 from tokenlb_proxy.store import Candidate, LocalStore, RedisStore, Settlement, UsageStore
@@ -31,18 +32,6 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-def _percentiles(samples: list[float]) -> str:
-    samples.sort()
-
-    def pick(q: float) -> float:
-        return samples[min(len(samples) - 1, int(q * len(samples)))]
-
-    return (
-        f"p50 {pick(0.50) * 1e6:7.1f} µs  p95 {pick(0.95) * 1e6:7.1f} µs  "
-        f"p99 {pick(0.99) * 1e6:7.1f} µs  mean {statistics.fmean(samples) * 1e6:7.1f} µs"
-    )
 
 
 async def _sequential(
@@ -108,7 +97,32 @@ async def _concurrent(store: UsageStore, calls: int, targets: int, concurrency: 
     return per_worker * concurrency / (time.perf_counter() - started)
 
 
-async def main(args: argparse.Namespace) -> None:
+def _summary(samples: list[float]) -> dict[str, float]:
+    samples = sorted(samples)
+
+    def pick(q: float) -> float:
+        return samples[min(len(samples) - 1, int(q * len(samples)))] * 1e6
+
+    return {
+        "p50_us": pick(0.50),
+        "p95_us": pick(0.95),
+        "p99_us": pick(0.99),
+        "mean_us": statistics.fmean(samples) * 1e6,
+    }
+
+
+def _evalsha_usec(stats: dict[str, Any]) -> tuple[int, float]:
+    evalsha = stats.get("cmdstat_evalsha", {})
+    return int(evalsha.get("calls", 0)), float(evalsha.get("usec", 0))
+
+
+async def measure(calls: int, targets: int, concurrency: int) -> dict[str, Any]:
+    """Everything this module reports, as numbers (``bench/run.py`` puts them in its table).
+
+    Redis CPU is read from INFO commandstats, which times each script call inside the
+    server, nested commands included: once for select+settle pairs, once for selections
+    alone, so the settle's share is the difference.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not installed")
@@ -140,29 +154,64 @@ async def main(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.05)
             redis_store = RedisStore(client)
             local_store = LocalStore()
-            await _sequential(redis_store, 500, args.targets)  # warm up, load scripts
+            await _sequential(redis_store, 500, targets)  # warm up, load scripts
             await client.config_resetstat()
-            select_r, settle_r = await _sequential(redis_store, args.calls, args.targets)
-            stats = await client.info("commandstats")
-            select_l, settle_l = await _sequential(local_store, args.calls, args.targets)
-            rate_r = await _concurrent(redis_store, args.calls, args.targets, args.concurrency)
-            rate_l = await _concurrent(local_store, args.calls, args.targets, args.concurrency)
+            select_r, settle_r = await _sequential(redis_store, calls, targets)
+            pair_calls, pair_usec = _evalsha_usec(await client.info("commandstats"))
+            await client.config_resetstat()
+            keys = balancer_keys("bench-select-only")
+            candidates = [Candidate(f"target-{i}", 100, 250.0, True) for i in range(targets)]
+            for _ in range(calls):
+                await redis_store.select(keys, "lowest-usage", HALF_LIFE_MS, candidates)
+            select_calls, select_usec = _evalsha_usec(await client.info("commandstats"))
+            select_l, settle_l = await _sequential(local_store, calls, targets)
+            rate_r = await _concurrent(redis_store, calls, targets, concurrency)
+            rate_l = await _concurrent(local_store, calls, targets, concurrency)
             await redis_store.close()
         finally:
             server.terminate()
-    evalsha = stats.get("cmdstat_evalsha", {})
+    pairs = max(1, pair_calls // 2)
+    select_cpu = select_usec / max(1, select_calls)
+    return {
+        "calls": calls,
+        "targets": targets,
+        "concurrency": concurrency,
+        "redis_select": _summary(select_r),
+        "redis_settle": _summary(settle_r),
+        "local_select": _summary(select_l),
+        "local_settle": _summary(settle_l),
+        "redis_cpu_us_per_request": pair_usec / pairs,
+        "redis_cpu_us_select": select_cpu,
+        "redis_cpu_us_settle": pair_usec / pairs - select_cpu,
+        "round_trips_per_request": pair_calls / pairs,
+        "pairs_per_s_redis": rate_r,
+        "pairs_per_s_local": rate_l,
+    }
+
+
+async def main(args: argparse.Namespace) -> None:
+    numbers = await measure(args.calls, args.targets, args.concurrency)
+
+    def line(name: str) -> str:
+        s = numbers[name]
+        return (
+            f"p50 {s['p50_us']:7.1f} µs  p95 {s['p95_us']:7.1f} µs  "
+            f"p99 {s['p99_us']:7.1f} µs  mean {s['mean_us']:7.1f} µs"
+        )
+
     print(f"{args.calls} sequential calls, {args.targets} targets, one connection")
-    print(f"redis select  {_percentiles(select_r)}")
-    print(f"redis settle  {_percentiles(settle_r)}")
-    print(f"local select  {_percentiles(select_l)}")
-    print(f"local settle  {_percentiles(settle_l)}")
+    for name in ("redis_select", "redis_settle", "local_select", "local_settle"):
+        print(f"{name.replace('_', ' '):13} {line(name)}")
     print(
-        f"redis server CPU per script call: {evalsha.get('usec_per_call', 0):.2f} µs "
-        f"({evalsha.get('calls', 0)} EVALSHA calls)"
+        f"redis server CPU per request (select + settle): "
+        f"{numbers['redis_cpu_us_per_request']:.2f} µs "
+        f"(select {numbers['redis_cpu_us_select']:.2f}, "
+        f"settle {numbers['redis_cpu_us_settle']:.2f}; "
+        f"{numbers['round_trips_per_request']:.0f} round trips)"
     )
     print(
         f"concurrent select+settle pairs/s ({args.concurrency} coroutines, one process): "
-        f"redis {rate_r:,.0f}, local {rate_l:,.0f}"
+        f"redis {numbers['pairs_per_s_redis']:,.0f}, local {numbers['pairs_per_s_local']:,.0f}"
     )
 
 

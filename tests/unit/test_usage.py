@@ -218,3 +218,39 @@ def test_usage_and_model_are_read_from_a_completion() -> None:
 def test_unreadable_usage_gives_none(raw: bytes) -> None:
     usage, _ = usage_from_body(raw)
     assert usage is None
+
+
+# ------------------------------------------------------------- bounded-cost estimate
+
+
+def test_estimate_is_exact_for_prompts_within_the_exact_budget() -> None:
+    counter = get_counter()
+    messages = [
+        Message(role="system", content="You are terse."),
+        Message(role="user", content="Compare lowest-usage and round-robin balancing."),
+    ]
+    assert counter.estimate_messages(messages) == counter.count_messages(messages)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "the balancer routes each request to the least used target " * 400,
+        "def f(x):\n    return {'k': [x, x + 1]}\n" * 400,
+        "負荷分散は各リクエストを最も使用量の少ないターゲットに送ります。" * 200,
+    ],
+    ids=["prose", "code", "japanese"],
+)
+def test_estimate_of_a_long_prompt_stays_close_to_the_exact_count(text: str) -> None:
+    counter = get_counter()
+    messages = [Message(role="system", content="Be brief."), Message(role="user", content=text)]
+    exact = counter.count_messages(messages)
+    estimate = counter.estimate_messages(messages)
+    assert abs(estimate - exact) <= 0.1 * exact, (estimate, exact)
+
+
+def test_estimate_extrapolates_messages_past_the_budget() -> None:
+    counter = TokenCounter(lambda text: [0] * len(text.split()), "words")
+    messages = [Message(role="user", content="aaaa " * 100) for _ in range(3)]
+    # 500 characters sampled exactly (100 tokens), 1,000 extrapolated at that ratio.
+    assert counter.estimate_messages(messages, exact_chars=500) == counter.count_messages(messages)

@@ -1,8 +1,8 @@
 """The resources one replica shares between its proxy and admin apps.
 
 Created by the app factory, opened on startup and closed on shutdown: the store (Redis
-with local fallback, or local alone), one pooled httpx client, and the compiled config.
-Nothing connects at import time.
+with local fallback, or local alone), one pooled httpx client (aiohttp underneath), and the
+compiled config. Nothing connects at import time.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tokenlb_proxy.settings import ProxySettings
 from tokenlb_proxy.store import LocalStore, RedisStore, ResilientStore, UsageStore
 from tokenlb_proxy.store.connect import RedisClient, connect_redis
 from tokenlb_proxy.tokens import get_counter
+from tokenlb_proxy.transport import AiohttpTransport
 
 __all__ = ["Runtime", "describe_targets"]
 
@@ -54,13 +55,14 @@ class Runtime:
             self.store = ResilientStore(redis_store, LocalStore())
         else:
             self.store = LocalStore()
+        limits = httpx.Limits(
+            max_connections=settings.max_upstream_connections,
+            max_keepalive_connections=settings.max_upstream_connections,
+            keepalive_expiry=30,
+        )
+        # httpx's API, aiohttp's I/O: see transport.py for why and what it bought.
         self.http = httpx.AsyncClient(
-            limits=httpx.Limits(
-                max_connections=settings.max_upstream_connections,
-                max_keepalive_connections=settings.max_upstream_connections,
-                keepalive_expiry=30,
-            ),
-            follow_redirects=False,
+            transport=AiohttpTransport(limits), limits=limits, follow_redirects=False
         )
         self.metrics = ProxyMetrics(self.gateway)
         # The request path times its store calls through the wrapper (/status and

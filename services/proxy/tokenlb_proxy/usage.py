@@ -66,8 +66,9 @@ def read_completion(body: bytes) -> CompletionView | None:
 
 
 def estimate_prompt_tokens(request: ChatRequest) -> int:
-    """Prompt tokens of the request's messages (tiktoken when available)."""
-    return get_counter().count_messages(request.messages)
+    """Prompt tokens of the request's messages: tiktoken on the first 2,000 characters,
+    extrapolated beyond, so a long prompt costs no more than a short one to estimate."""
+    return get_counter().estimate_messages(request.messages)
 
 
 def estimate_completion_tokens(request: ChatRequest, target: UpstreamTarget) -> int:
