@@ -252,7 +252,9 @@ def test_trace_started_by_the_gateway_and_nothing_secret_exported(stack: Stack) 
     deadline = time.monotonic() + 30  # shared 2-core machines can be slow
     while time.monotonic() < deadline:
         health = httpx.get(f"{stack.admin_url}/status", timeout=10).json()["aggregators"]
-        if health["alive"] and health["lag"] == 0 and health["pending"] == 0:
+        # The heartbeat (every 2 s) must also have reported the work done.
+        caught_up = health["lag"] == 0 and health["pending"] == 0
+        if caught_up and health["alive"] and health["alive"][0]["applied"] >= 1:
             break
         time.sleep(0.1)
     assert health["alive"][0]["applied"] >= 1
