@@ -26,8 +26,6 @@ from tests.integration.test_proxy_e2e import (
     openai_error,
     route,
     running_proxy,
-    serve_mock,
-    store_url_for,
     target,
     write_config,
 )
@@ -40,21 +38,6 @@ BODY_LIMIT = 1024
 STREAMING_DENIED = "response streaming is not enabled for this LLM"
 
 
-@pytest.fixture(scope="module")
-def mock(process_logs: Path) -> Iterator[Mock]:
-    yield from serve_mock(process_logs)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_mock(mock: Mock) -> None:
-    mock.reset()
-
-
-@pytest.fixture(scope="module", params=["local", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    return store_url_for(request)
-
-
 def priced_targets(url: str) -> list[dict[str, Any]]:
     return [
         target(
@@ -65,6 +48,10 @@ def priced_targets(url: str) -> list[dict[str, Any]]:
         )
         for model, prices in PRICES.items()
     ]
+
+
+#: Every test starts on a reset mock upstream (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_mock")
 
 
 @pytest.fixture(scope="module")

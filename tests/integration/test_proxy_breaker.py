@@ -22,8 +22,6 @@ from tests.integration.test_proxy_e2e import (
     openai_error,
     route,
     running_proxy,
-    serve_mock,
-    store_url_for,
     target,
     write_config,
 )
@@ -32,19 +30,8 @@ FAIL_TIMEOUT_MS = 1500
 HTTP_500 = ["error", "timeout", "http_500"]
 
 
-@pytest.fixture(scope="module")
-def mock(process_logs: Path) -> Iterator[Mock]:
-    yield from serve_mock(process_logs)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_mock(mock: Mock) -> None:
-    mock.reset()
-
-
-@pytest.fixture(scope="module", params=["local", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    return store_url_for(request)
+#: Every test starts on a reset mock upstream (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_mock")
 
 
 @pytest.fixture(scope="module")

@@ -231,19 +231,8 @@ def openai_error(response: httpx.Response, status: int, type_: str) -> dict[str,
 # --- this module's proxy ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def mock(process_logs: Path) -> Iterator[Mock]:
-    yield from serve_mock(process_logs)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_mock(mock: Mock) -> None:
-    mock.reset()
-
-
-@pytest.fixture(scope="module", params=["local", "redis"])
-def store_url(request: pytest.FixtureRequest) -> str | None:
-    return store_url_for(request)
+#: Every test starts on a reset mock upstream (tests/integration/conftest.py).
+pytestmark = pytest.mark.usefixtures("fresh_mock")
 
 
 @pytest.fixture(scope="module")
