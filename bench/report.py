@@ -195,6 +195,8 @@ def markdown(results: dict[str, Any]) -> str:
             best = sweep["max_sustainable_rps"]
             best_cell = _fmt(best, 0) if best else f"< {sweep['steps'][0]['offered_rps']:g}"
             lat_cell = _triple(lat) if lat else "–"
+            if step is not None and not step["sustainable"]:
+                lat_cell += " (saturated)"
             added_cell = "–" if system == "direct" else _triple(added)
             lines.append(
                 f"| {system} | {best_cell} | {lat_cell} | {added_cell} | {cpu} | {redis_cell} "
