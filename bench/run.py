@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ TARGET_RATE = 200.0
 CPU_RATE = 100.0
 #: Seed of the request bodies: every system gets the same requests in the same order.
 BODY_SEED = 7
+SYSTEMS = ("direct", "tokenlb-1", "tokenlb-2", "litellm-1")
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,16 @@ def write_bodies(workdir: Path, count: int = 200) -> dict[str, Path]:
 # --- systems ------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _stopped_on_error(system: System) -> Iterator[None]:
+    """Stop what a half-started system already runs when starting the rest fails."""
+    try:
+        yield
+    except BaseException:
+        system.stop()
+        raise
+
+
 def start_direct(ctx: Context) -> System:
     url = f"http://127.0.0.1:{ctx.mock_port}/v1/chat/completions"
     return System("direct", url, {})
@@ -196,46 +208,48 @@ def start_tokenlb(
 ) -> System:
     port = mock_port or ctx.mock_port
     config = harness.write_tokenlb_config(ctx.workdir, port)
-    processes: dict[str, harness.Managed] = {}
+    system = System(f"tokenlb-{replicas}{label}", "", {})
     ports = []
-    for i in range(replicas):
-        proc, proxy_port = harness.start_tokenlb(
-            ctx.workdir,
-            ctx.python,
-            config,
-            ctx.redis_port,
-            ctx.sut_cpu,
-            f"tokenlb{label}-{port}-{i}",
-            source,
-        )
-        processes[f"tokenlb[{i}]"] = proc
-        ports.append(proxy_port)
-    if replicas > 1:
-        lb, lb_port = harness.start_haproxy(ctx.workdir, ports, ctx.sut_cpu, f"haproxy-{port}")
-        processes["haproxy"] = lb
-        ports = [lb_port]
-    url = f"http://127.0.0.1:{ports[0]}/v1/chat/completions"
-    return System(f"tokenlb-{replicas}{label}", url, processes)
+    with _stopped_on_error(system):
+        for i in range(replicas):
+            proc, proxy_port = harness.start_tokenlb(
+                ctx.workdir,
+                ctx.python,
+                config,
+                ctx.redis_port,
+                ctx.sut_cpu,
+                f"tokenlb{label}-{port}-{i}",
+                source,
+            )
+            system.processes[f"tokenlb[{i}]"] = proc
+            ports.append(proxy_port)
+        if replicas > 1:
+            lb, lb_port = harness.start_haproxy(ctx.workdir, ports, ctx.sut_cpu, f"haproxy-{port}")
+            system.processes["haproxy"] = lb
+            ports = [lb_port]
+    system.url = f"http://127.0.0.1:{ports[0]}/v1/chat/completions"
+    return system
 
 
 def start_litellm(ctx: Context, replicas: int, mock_port: int | None = None) -> System:
     assert ctx.litellm is not None
     port = mock_port or ctx.mock_port
     config = harness.write_litellm_config(ctx.workdir, port, ctx.redis_port)
-    processes: dict[str, harness.Managed] = {}
+    system = System(f"litellm-{replicas}", "", {})
     ports = []
-    for i in range(replicas):
-        proc, proxy_port = harness.start_litellm(
-            ctx.workdir, ctx.litellm, config, ctx.sut_cpu, f"litellm-{port}-{i}"
-        )
-        processes[f"litellm[{i}]"] = proc
-        ports.append(proxy_port)
-    if replicas > 1:
-        lb, lb_port = harness.start_haproxy(ctx.workdir, ports, ctx.sut_cpu, f"haproxy-l{port}")
-        processes["haproxy"] = lb
-        ports = [lb_port]
-    url = f"http://127.0.0.1:{ports[0]}/v1/chat/completions"
-    return System(f"litellm-{replicas}", url, processes)
+    with _stopped_on_error(system):
+        for i in range(replicas):
+            proc, proxy_port = harness.start_litellm(
+                ctx.workdir, ctx.litellm, config, ctx.sut_cpu, f"litellm-{port}-{i}"
+            )
+            system.processes[f"litellm[{i}]"] = proc
+            ports.append(proxy_port)
+        if replicas > 1:
+            lb, lb_port = harness.start_haproxy(ctx.workdir, ports, ctx.sut_cpu, f"haproxy-l{port}")
+            system.processes["haproxy"] = lb
+            ports = [lb_port]
+    system.url = f"http://127.0.0.1:{ports[0]}/v1/chat/completions"
+    return system
 
 
 # --- one load step ------------------------------------------------------------------------
@@ -553,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
         mode = dataclasses.replace(mode, duration_s=args.duration)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    unknown = [name for name in systems if name not in SYSTEMS] + [
+        kind for kind in kinds if kind not in ("plain", "stream")
+    ]
+    if unknown:
+        parser.error(f"unknown system or kind: {', '.join(unknown)}")
     litellm = args.litellm if Path(args.litellm).exists() else None
     litellm_missing = None
     if litellm is None and ("litellm-1" in systems or not args.no_balance):
@@ -583,11 +602,14 @@ def main(argv: list[str] | None = None) -> int:
         "systems": {},
         "litellm_missing": litellm_missing,
     }
-    with tempfile.TemporaryDirectory(prefix="tokenlb-bench-") as tmp:
-        workdir = Path(tmp)
+    with contextlib.ExitStack() as cleanup:
+        # Every process started below is stopped on the way out, whatever fails.
+        workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="tokenlb-bench-")))
         harness_cpu, sut_cpu = (0, 1) if pin else (None, None)
         redis_proc, redis_port = harness.start_redis(workdir, harness_cpu)
+        cleanup.callback(redis_proc.stop)
         mock, mock_port = harness.start_mock(workdir, sys.executable, harness_cpu)
+        cleanup.callback(mock.stop)
         ctx = Context(
             workdir=workdir,
             python=sys.executable,
@@ -613,44 +635,40 @@ def main(argv: list[str] | None = None) -> int:
             systems.insert(
                 systems.index("tokenlb-1") + 1 if "tokenlb-1" in systems else 0, f"tokenlb-1{label}"
             )
-        try:
-            for name in systems:
-                if name.startswith("litellm") and litellm is None:
-                    continue
-                log(f"{name}:")
-                results["systems"][name] = measure_system(ctx, starters[name], kinds, mode, log)
-            if not args.no_balance:
-                # A mock that answers like a model (200 ms + 4 ms per token, up to ~1 s) so
-                # requests overlap, as they do in production: a balancer that counts
-                # tokens only after the response has many decisions in flight blind.
-                slow, slow_port = harness.start_mock(
-                    workdir,
-                    sys.executable,
-                    harness_cpu,
-                    "mock-slow",
-                    "--latency-ms",
-                    "200",
-                    "--token-delay-ms",
-                    "4",
-                )
-                try:
-                    balance = {
-                        "tokenlb-2": measure_balance(
-                            ctx, lambda p: start_tokenlb(ctx, 2, p), slow_port, mode
-                        )
-                    }
-                    log(f"balance tokenlb-2: {balance['tokenlb-2']['imbalance']:.2%}")
-                    if litellm is not None:
-                        balance["litellm-2"] = measure_balance(
-                            ctx, lambda p: start_litellm(ctx, 2, p), slow_port, mode
-                        )
-                        log(f"balance litellm-2: {balance['litellm-2']['imbalance']:.2%}")
-                    results["balance"] = balance
-                finally:
-                    slow.stop()
-        finally:
-            mock.stop()
-            redis_proc.stop()
+        for name in systems:
+            if name.startswith("litellm") and litellm is None:
+                continue
+            log(f"{name}:")
+            results["systems"][name] = measure_system(ctx, starters[name], kinds, mode, log)
+        if not args.no_balance:
+            # A mock that answers like a model (200 ms + 4 ms per token, up to ~1 s) so
+            # requests overlap, as they do in production: a balancer that counts
+            # tokens only after the response has many decisions in flight blind.
+            slow, slow_port = harness.start_mock(
+                workdir,
+                sys.executable,
+                harness_cpu,
+                "mock-slow",
+                "--latency-ms",
+                "200",
+                "--token-delay-ms",
+                "4",
+            )
+            try:
+                balance = {
+                    "tokenlb-2": measure_balance(
+                        ctx, lambda p: start_tokenlb(ctx, 2, p), slow_port, mode
+                    )
+                }
+                log(f"balance tokenlb-2: {balance['tokenlb-2']['imbalance']:.2%}")
+                if litellm is not None:
+                    balance["litellm-2"] = measure_balance(
+                        ctx, lambda p: start_litellm(ctx, 2, p), slow_port, mode
+                    )
+                    log(f"balance litellm-2: {balance['litellm-2']['imbalance']:.2%}")
+                results["balance"] = balance
+            finally:
+                slow.stop()
     if not args.no_store:
         log("store micro-benchmark:")
         results["store"] = asyncio.run(
