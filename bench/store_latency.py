@@ -20,7 +20,7 @@ import tempfile
 import time
 from typing import Any
 
-from tokenlb_proxy.keys import balancer_keys
+from tokenlb_proxy.keys import BalancerKeys, balancer_keys
 from tokenlb_proxy.store import Candidate, LocalStore, RedisStore, Settlement, UsageStore
 from tokenlb_proxy.store.redis import connect_redis
 
@@ -43,28 +43,37 @@ async def _sequential(
     settle_times: list[float] = []
     for _ in range(calls):
         started = time.perf_counter()
-        selection = await store.select(keys, "lowest-usage", HALF_LIFE_MS, candidates)
-        chosen = time.perf_counter()
-        assert selection.index is not None
-        await store.settle(
-            keys,
-            HALF_LIFE_MS,
-            Settlement(
-                candidates[selection.index].target_id,
-                250.0,
-                selection.reserved_at_ms,
-                240.0,
-                100,
-                140,
-                0.0,
-                False,
-                selection.backend,
-            ),
-        )
+        chosen = await _select_and_settle(store, keys, candidates)
         settled = time.perf_counter()
         select_times.append(chosen - started)
         settle_times.append(settled - chosen)
     return select_times, settle_times
+
+
+async def _select_and_settle(
+    store: UsageStore, keys: BalancerKeys, candidates: list[Candidate]
+) -> float:
+    """One request's two store calls, as the proxy makes them; returns when the first ended
+    (``time.perf_counter()``), so callers can time the selection alone."""
+    selection = await store.select(keys, "lowest-usage", HALF_LIFE_MS, candidates)
+    chosen = time.perf_counter()
+    assert selection.index is not None
+    await store.settle(
+        keys,
+        HALF_LIFE_MS,
+        Settlement(
+            candidates[selection.index].target_id,
+            250.0,
+            selection.reserved_at_ms,
+            240.0,
+            100,
+            140,
+            0.0,
+            False,
+            selection.backend,
+        ),
+    )
+    return chosen
 
 
 async def _concurrent(store: UsageStore, calls: int, targets: int, concurrency: int) -> float:
@@ -74,23 +83,7 @@ async def _concurrent(store: UsageStore, calls: int, targets: int, concurrency: 
 
     async def worker() -> None:
         for _ in range(per_worker):
-            selection = await store.select(keys, "lowest-usage", HALF_LIFE_MS, candidates)
-            assert selection.index is not None
-            await store.settle(
-                keys,
-                HALF_LIFE_MS,
-                Settlement(
-                    candidates[selection.index].target_id,
-                    250.0,
-                    selection.reserved_at_ms,
-                    240.0,
-                    100,
-                    140,
-                    0.0,
-                    False,
-                    selection.backend,
-                ),
-            )
+            await _select_and_settle(store, keys, candidates)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
