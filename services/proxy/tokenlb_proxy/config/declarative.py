@@ -1,4 +1,9 @@
-"""decK / kong.yaml entities: services, routes and plugin entries.
+"""decK / kong.yaml entities: services, routes, consumers, consumer groups, key-auth
+credentials and plugin entries.
+
+One model for every way config arrives: a kong.yaml (entities nested or flat, referring to
+each other by name or id), the Admin API (flat, by id) and the document the fleet shares in
+Redis (flat, every entity with an id; see ``config/entities.py``).
 
 Only the entity fields that matter to an AI gateway are interpreted; fields that steer a
 plain HTTP upstream (a service's ``url``, ``retries``, TLS settings) are accepted because
@@ -11,7 +16,16 @@ from typing import Any, Literal
 
 import msgspec
 
-__all__ = ["DeclarativeConfig", "EntityRef", "PluginEntry", "Route", "Service"]
+__all__ = [
+    "Consumer",
+    "ConsumerGroup",
+    "DeclarativeConfig",
+    "EntityRef",
+    "KeyAuthCredential",
+    "PluginEntry",
+    "Route",
+    "Service",
+]
 
 #: A reference to another entity: its name or id, or ``{"id": ...}`` / ``{"name": ...}`` as
 #: the Admin API writes it.
@@ -92,6 +106,52 @@ class Service(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
     updated_at: int | None = None
 
 
+class KeyAuthCredential(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A ``key-auth`` credential: the API key that identifies a consumer.
+
+    Nested under a consumer in decK form; top level (with ``consumer``) in the flat form.
+    """
+
+    key: str
+    id: str | None = None
+    consumer: EntityRef | None = None
+    ttl: int | None = None
+    tags: tuple[str, ...] | None = None
+    created_at: int | None = None
+
+    def __repr__(self) -> str:
+        # The key is a secret: never part of a repr that may reach a log.
+        return f"KeyAuthCredential(id={self.id!r})"
+
+
+class ConsumerGroup(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A consumer group: consumers that share plugins."""
+
+    name: str
+    id: str | None = None
+    #: decK form: members by username or id (the flat form keeps them on the consumer).
+    consumers: tuple[EntityRef, ...] = ()
+    plugins: tuple[PluginEntry, ...] = ()
+    tags: tuple[str, ...] | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+
+
+class Consumer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A consumer: who is calling, identified by a key-auth credential."""
+
+    username: str | None = None
+    custom_id: str | None = None
+    id: str | None = None
+    keyauth_credentials: tuple[KeyAuthCredential, ...] = ()
+    #: The groups this consumer belongs to, by name or id.
+    groups: tuple[EntityRef, ...] = ()
+    plugins: tuple[PluginEntry, ...] = ()
+    tags: tuple[str, ...] | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+
+
 class DeclarativeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """A kong.yaml document."""
 
@@ -104,5 +164,7 @@ class DeclarativeConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True,
     services: tuple[Service, ...] = ()
     routes: tuple[Route, ...] = ()
     plugins: tuple[PluginEntry, ...] = ()
-    consumers: tuple[dict[str, Any], ...] = ()
-    consumer_groups: tuple[dict[str, Any], ...] = ()
+    consumers: tuple[Consumer, ...] = ()
+    consumer_groups: tuple[ConsumerGroup, ...] = ()
+    #: Flat form: credentials at the top level, each naming its consumer.
+    keyauth_credentials: tuple[KeyAuthCredential, ...] = ()
