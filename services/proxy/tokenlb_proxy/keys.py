@@ -15,6 +15,8 @@ __all__ = [
     "AGGREGATORS_KEY",
     "AGGREGATOR_GROUP",
     "BALANCERS_KEY",
+    "CONFIG_CHANNEL",
+    "CONFIG_KEY",
     "KEY_PREFIX",
     "BalancerKeys",
     "aggregator_heartbeat_key",
@@ -25,6 +27,11 @@ KEY_PREFIX = "tokenlb"
 #: Set of every balancer id a replica has served (so workers find the per-balancer keys
 #: without SCAN). Fleet-wide, outside any balancer's slot.
 BALANCERS_KEY = f"{KEY_PREFIX}:balancers"
+#: Hash with the fleet's config: ``version`` (1, 2, ...) and ``document`` (the flat
+#: kong.yaml as JSON; see control/redis_repository.py). One key, so one slot on a cluster.
+CONFIG_KEY = f"{KEY_PREFIX}:config"
+#: Pub/sub channel announcing each new config version (the message is the version).
+CONFIG_CHANNEL = f"{KEY_PREFIX}:config:changed"
 #: Sorted set of aggregator names scored by their last heartbeat (ms).
 AGGREGATORS_KEY = f"{KEY_PREFIX}:aggregators"
 #: The consumer group every aggregator reads the event streams with.
