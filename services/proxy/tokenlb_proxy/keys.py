@@ -72,6 +72,9 @@ class BalancerKeys(msgspec.Struct, frozen=True):
     #: Prefix of the per-target budget windows: sorted sets "<lease id>|<tokens>" -> time
     #: (ms) of the reservation, the last minute of them.
     budget_prefix: str
+    #: SCAN pattern that matches every key above (the hash tag is glob-safe: ``_UNSAFE``
+    #: replaces ``*``, ``?`` and brackets), to delete a retired balancer's state.
+    pattern: str
 
     def budget_window(self, target_id: str) -> str:
         """The budget window of ``target_id`` (a key under the balancer's hash tag)."""
@@ -100,6 +103,7 @@ def balancer_keys(balancer_id: str) -> BalancerKeys:
         latency=f"{base}:latency",
         budget=f"{base}:budget",
         budget_prefix=f"{base}:budget:",
+        pattern=f"{base}:*",
     )
 
 

@@ -169,6 +169,11 @@ class UsageStore(Protocol):
         """Make a balancer and its targets (id -> JSON description) findable by workers."""
         ...
 
+    async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:
+        """Forget a balancer whose plugin was deleted: unregister it and delete its state
+        (usage, totals, events, rollups, ...). Idempotent."""
+        ...
+
     async def rollups(self, keys: BalancerKeys, minutes: Sequence[int]) -> list[MinuteRollup]:
         """The per-minute rollups of ``minutes`` (Unix seconds // 60) that exist."""
         ...

@@ -434,6 +434,9 @@ class LocalStore:
     async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
         self._state(keys).targets.update(targets)
 
+    async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:
+        self._balancers.pop(keys.usage, None)
+
     async def rollups(self, keys: BalancerKeys, minutes: Sequence[int]) -> list[MinuteRollup]:
         state = self._state(keys)
         return [state.minutes[m] for m in minutes if m in state.minutes]

@@ -29,6 +29,9 @@ from tokenlb_proxy.store.connect import RedisClient, connect_redis
 
 __all__ = ["RedisStore", "connect_redis"]
 
+#: Keys per UNLINK when a balancer is retired.
+_DELETE_BATCH = 500
+
 
 class RedisStore:
     """Balancer state shared by every replica that points at the same Redis."""
@@ -153,6 +156,15 @@ class RedisStore:
             if targets:
                 pipe.hset(keys.targets, mapping=cast(Any, targets))
             await pipe.execute()
+
+    async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:
+        # Unregister first: an aggregator that no longer finds the balancer stops reading
+        # its stream. SCAN is fine here: plugins are deleted rarely, never on a request.
+        await self.client.srem(BALANCERS_KEY, balancer_id)
+        found = [key async for key in self.client.scan_iter(match=keys.pattern, count=1000)]
+        for start in range(0, len(found), _DELETE_BATCH):
+            # One hash tag: every batch is a single-slot command on a cluster too.
+            await self.client.unlink(*found[start : start + _DELETE_BATCH])
 
     async def rollups(self, keys: BalancerKeys, minutes: Sequence[int]) -> list[MinuteRollup]:
         async with self.client.pipeline(transaction=False) as pipe:

@@ -8,9 +8,10 @@ A replica must keep serving when Redis goes away: it balances on its own counter
   touches Redis: they all use the local store at once, so a dead or hung Redis costs a
   request at most the one timed-out call that revealed it (the client's socket timeout).
 - While down, one background probe pings Redis every ``retry_interval_s``. When it
-  answers, the probe announces this replica's balancers again (a Redis that restarted
-  empty has forgotten them, and aggregators find streams only through them), then the
-  store rejoins: the next selection goes through Redis.
+  answers, the probe deletes the state of balancers retired during the outage, announces
+  this replica's balancers again (a Redis that restarted empty has forgotten them, and
+  aggregators find streams only through them), then the store rejoins: the next
+  selection goes through Redis.
 - Reservations are settled on the store that made them. A Redis reservation made before
   an outage is settled without releasing it: if Redis lost its data the reservation is
   gone (releasing it would subtract what was never there), and if Redis kept it, it
@@ -80,6 +81,8 @@ class ResilientStore:
         self._probe: asyncio.Task[None] | None = None
         #: What ``register`` was told, replayed to Redis when it returns.
         self._registrations: dict[str, tuple[BalancerKeys, dict[str, str]]] = {}
+        #: Balancers retired while Redis was away, deleted there when it returns.
+        self._retirements: dict[str, BalancerKeys] = {}
         #: Latest Redis server time a selection returned (ms), and the value it had when
         #: the last outage ended: Redis reservations up to then predate that outage.
         self._last_redis_ms = 0
@@ -110,6 +113,9 @@ class ResilientStore:
             await asyncio.sleep(self._retry_interval_s)
             try:
                 await self.primary.ping()
+                for balancer_id, keys in list(self._retirements.items()):
+                    await self.primary.retire(balancer_id, keys)
+                    self._retirements.pop(balancer_id, None)
                 for balancer_id, (keys, targets) in list(self._registrations.items()):
                     await self.primary.register(balancer_id, keys, targets)
                 appended = await self._append_backlog()
@@ -215,6 +221,7 @@ class ResilientStore:
 
     async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
         self._registrations[balancer_id] = (keys, targets)
+        self._retirements.pop(balancer_id, None)
         await self.fallback.register(balancer_id, keys, targets)
         if self.degraded:
             return  # the probe announces it when Redis is back
@@ -222,6 +229,19 @@ class ResilientStore:
             await self.primary.register(balancer_id, keys, targets)
         except _OUTAGE_ERRORS as exc:
             self._mark_down(exc)
+
+    async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:
+        self._registrations.pop(balancer_id, None)
+        await self.fallback.retire(balancer_id, keys)
+        self._retirements[balancer_id] = keys
+        if self.degraded:
+            return  # the probe deletes it when Redis is back
+        try:
+            await self.primary.retire(balancer_id, keys)
+        except _OUTAGE_ERRORS as exc:
+            self._mark_down(exc)
+        else:
+            self._retirements.pop(balancer_id, None)
 
     async def rollups(self, keys: BalancerKeys, minutes: Sequence[int]) -> list[MinuteRollup]:
         if not self.degraded:
