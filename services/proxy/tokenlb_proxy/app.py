@@ -129,6 +129,14 @@ def create_admin_app(runtime: Runtime) -> Litestar:
         return {
             "version": __version__,
             "configuration_hash": runtime.gateway.version,
+            # The stored version served (0: a file not stored yet, Redis being away), and
+            # why a newer stored version is not served here, if it is not.
+            "config_version": runtime.served.version,
+            "config_error": (
+                {"version": runtime.known.version, "errors": runtime.config_error}
+                if runtime.config_error is not None
+                else None
+            ),
             "uptime_s": round(time.time() - runtime.started_at, 3),
             "store": "redis" if redis_url else "local",
             "redis": (

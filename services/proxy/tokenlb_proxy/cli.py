@@ -65,15 +65,19 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         usage_events=args.usage_events,
     )
-    if not settings.config_path:
-        print("tokenlb proxy: --config FILE (or TOKENLB_CONFIG) is required", file=sys.stderr)
+    if not settings.config_path and not settings.redis_url:
+        print(
+            "tokenlb proxy: --config FILE (or TOKENLB_CONFIG) is required without --redis-url",
+            file=sys.stderr,
+        )
         return 2
     if settings.redis_url and not _valid_redis_url("proxy", settings.redis_url):
         return 2
     try:
         run_proxy(settings)
     except ConfigError as exc:
-        print(f"tokenlb proxy: invalid config {settings.config_path}:", file=sys.stderr)
+        what = f"invalid config {settings.config_path}" if settings.config_path else "no config"
+        print(f"tokenlb proxy: {what}:", file=sys.stderr)
         for error in exc.errors:
             print(f"  {error}", file=sys.stderr)
         return 1

@@ -125,6 +125,21 @@ class ProxyMetrics:
                 self._series(plan, target)
         self._store: dict[tuple[str, str], Histogram] = {}
 
+    def use(self, gateway: Gateway) -> None:
+        """Report on ``gateway`` from now on (the config changed): targets that stay keep
+        their counters, new ones start at zero, removed ones stop being exported."""
+        current = {
+            (plan.balancer_id, target.target_id)
+            for plan in gateway.balancers
+            for target in plan.targets
+        }
+        for key in set(self._targets) - current:
+            del self._targets[key]
+        for plan in gateway.balancers:
+            for target in plan.targets:
+                self._series(plan, target)
+        self.gateway = gateway
+
     def _series(self, plan: BalancerPlan, target: UpstreamTarget) -> _TargetSeries:
         key = (plan.balancer_id, target.target_id)
         series = self._targets.get(key)
@@ -253,6 +268,9 @@ class TimedStore:
 
     async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
         await self.inner.register(balancer_id, keys, targets)
+
+    async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:
+        await self.inner.retire(balancer_id, keys)
 
     async def rollups(self, keys: BalancerKeys, minutes: Sequence[int]) -> list[MinuteRollup]:
         return await self.inner.rollups(keys, minutes)

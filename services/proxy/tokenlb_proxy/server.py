@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from tokenlb_proxy.app import create_admin_app, create_proxy_app
-from tokenlb_proxy.runtime import Runtime
+from tokenlb_proxy.runtime import open_runtime
 from tokenlb_proxy.settings import ProxySettings, redact_url
 
 __all__ = ["run_proxy"]
@@ -51,8 +51,8 @@ def _server(app: object, host: str, port: int) -> _Server:
 
 
 async def serve(settings: ProxySettings) -> None:
-    """Serve until SIGINT/SIGTERM."""
-    runtime = Runtime(settings)
+    """Serve until SIGINT/SIGTERM; ``ConfigError`` when there is no config to serve."""
+    runtime = await open_runtime(settings)
     proxy = _server(create_proxy_app(runtime), settings.host, settings.port)
     admin = _server(create_admin_app(runtime), settings.admin_host, settings.admin_port)
     loop = asyncio.get_running_loop()
@@ -65,13 +65,13 @@ async def serve(settings: ProxySettings) -> None:
         loop.add_signal_handler(sig, stop)
     store = f"redis {redact_url(settings.redis_url)}" if settings.redis_url else "embedded store"
     log.info(
-        "tokenlb proxy on http://%s:%d, admin on http://%s:%d, %s, config %s (%s)",
+        "tokenlb proxy on http://%s:%d, admin on http://%s:%d, %s, config version %d (%s)",
         settings.host,
         settings.port,
         settings.admin_host,
         settings.admin_port,
         store,
-        settings.config_path,
+        runtime.served.version,
         runtime.gateway.version,
     )
     await asyncio.gather(proxy.serve(), admin.serve())

@@ -36,7 +36,9 @@ class LogSettings(msgspec.Struct, frozen=True, kw_only=True):
 class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     """How one proxy replica runs."""
 
-    config_path: str
+    #: The kong.yaml to serve ("": none). With Redis it only seeds an empty Redis: the
+    #: document stored there is the fleet's config.
+    config_path: str = ""
     redis_url: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
@@ -52,6 +54,9 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     #: Connect and read timeout of Redis calls, seconds: the longest a request waits on a
     #: Redis that stopped answering before this replica falls back to local counters.
     redis_timeout_s: float = 1.0
+    #: Seconds between two checks of the config version in Redis, the fallback for a
+    #: missed change announcement (and the only way on a Redis Cluster).
+    config_poll_interval_s: float = 0.5
 
 
 def settings_from_env(
@@ -67,6 +72,7 @@ def settings_from_env(
         "usage_events": env.get("TOKENLB_USAGE_EVENTS", "1").lower() not in ("0", "false", "no"),
         "announce_interval_s": float(env.get("TOKENLB_ANNOUNCE_INTERVAL_S", "10")),
         "redis_timeout_s": float(env.get("TOKENLB_REDIS_TIMEOUT_S", "1")),
+        "config_poll_interval_s": float(env.get("TOKENLB_CONFIG_POLL_INTERVAL_S", "0.5")),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return msgspec.convert(values, ProxySettings)

@@ -9,6 +9,7 @@ version up from the repository (``control/watcher.py``).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -32,10 +33,20 @@ Apply = Callable[[Gateway, StoredConfig], Awaitable[None]]
 class ConfigManager:
     """The replica's handle on the fleet's config document."""
 
-    def __init__(self, repository: ConfigRepository, compile_: Compile, apply: Apply) -> None:
+    def __init__(
+        self,
+        repository: ConfigRepository,
+        compile_: Compile,
+        apply: Apply,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
         self.repository = repository
         self._compile = compile_
         self._apply = apply
+        #: Held from the save to the end of the apply (the replica's ``config_lock``), so
+        #: the watcher cannot apply the new version in between: ``apply`` sees what this
+        #: replica served before the change.
+        self._lock = lock if lock is not None else asyncio.Lock()
 
     async def current(self) -> StoredConfig:
         """The stored document (an empty one before anything was stored)."""
@@ -49,11 +60,13 @@ class ConfigManager:
             stored = await self.current()
             document = copy.deepcopy(stored.document)
             result = change(document)
-            gateway = self._compile(document)
-            try:
-                version = await self.repository.save(document, stored.version)
-            except ConfigConflict:
-                continue
-            await self._apply(gateway, StoredConfig(version, document))
+            # Off the event loop: a large config takes a while to compile.
+            gateway = await asyncio.to_thread(self._compile, document)
+            async with self._lock:
+                try:
+                    version = await self.repository.save(document, stored.version)
+                except ConfigConflict:
+                    continue
+                await self._apply(gateway, StoredConfig(version, document))
             return result
         raise ConfigConflict(f"gave up after {MAX_ATTEMPTS} concurrent changes")
