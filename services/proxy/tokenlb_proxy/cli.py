@@ -4,6 +4,10 @@ tokenlb proxy --config FILE [--host H] [--port 8000] [--admin-host 127.0.0.1]
               [--admin-port 8001] [--redis-url URL]
 tokenlb mock-upstream [--port 9000] [...]
 tokenlb check FILE
+tokenlb config sync FILE [--dry-run] [--redis-url URL]
+tokenlb config dump [-o FILE] [--redis-url URL]
+tokenlb config apply -f MANIFEST [--service|--route|--consumer|--consumer-group NAME]
+                     [--redis-url URL]
 tokenlb demo [--requests N] [--replicas N]
 tokenlb cluster up [--demo | --config FILE] [--replicas 3] [--port 8080] [--load N] [...]
 tokenlb load --url URL [--requests 300]
@@ -140,6 +144,52 @@ def _cmd_check(args: argparse.Namespace) -> int:
             f"{targets}"
         )
     return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from tokenlb_proxy.control import commands  # noqa: PLC0415
+
+    command = f"config {args.action}"
+    redis_url = args.redis_url or os.environ.get("TOKENLB_REDIS_URL")
+    if not redis_url:
+        print(f"tokenlb {command}: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
+        return 2
+    if not _valid_redis_url(command, redis_url):
+        return 2
+    if args.action == "sync":
+        return asyncio.run(commands.sync_config(args.file, redis_url, dry_run=args.dry_run))
+    if args.action == "dump":
+        return commands.dump_config(redis_url, args.output)
+    binding = commands.PluginBinding(
+        service=args.service,
+        route=args.route,
+        consumer=args.consumer,
+        consumer_group=args.consumer_group,
+    )
+    return asyncio.run(commands.apply_manifest(args.filename, redis_url, binding))
+
+
+def _add_config_parser(commands: Any) -> None:
+    config = commands.add_parser("config", help="the fleet's config in Redis (decK-like)")
+    actions = config.add_subparsers(dest="action", required=True)
+    sync = actions.add_parser(
+        "sync", help="make Redis hold what a kong.yaml says, showing the difference first"
+    )
+    sync.add_argument("file")
+    sync.add_argument("--dry-run", action="store_true", help="show the difference only")
+    dump = actions.add_parser("dump", help="the stored config as a kong.yaml")
+    dump.add_argument("-o", "--output", help="write it to this file instead of stdout")
+    apply = actions.add_parser(
+        "apply", help="upsert the KongPlugin / KongClusterPlugin resources of a manifest"
+    )
+    apply.add_argument("-f", "--filename", required=True, help="the manifest (YAML)")
+    for scope in ("service", "route", "consumer", "consumer-group"):
+        apply.add_argument(f"--{scope}", metavar="NAME", help=f"bind the plugins to this {scope}")
+    for action in (sync, dump, apply):
+        action.add_argument("--redis-url", default=None, help="the fleet's Redis")
+        action.set_defaults(func=_cmd_config)
 
 
 def _cmd_mock_upstream(args: argparse.Namespace) -> int:
@@ -287,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=24)
     demo.set_defaults(func=_cmd_demo)
 
+    _add_config_parser(commands)
     _add_cluster_parser(commands)
 
     load = commands.add_parser("load", help="send demo traffic to a running gateway")
