@@ -182,7 +182,8 @@ def _manifest_plugins(path: str, binding: PluginBinding) -> list[dict[str, Any]]
         raise ConfigError(errors)
     # The loader checks each resource the way `tokenlb proxy --config` would.
     entries = parse_document(text, os.environ).plugins
-    return [msgspec.to_builtins(entry) for entry in entries]
+    # Through JSON: lists, not tuples, as the stored document has them.
+    return [msgspec.json.decode(msgspec.json.encode(entry)) for entry in entries]
 
 
 def _global(resource: dict[str, Any]) -> bool:
@@ -204,12 +205,10 @@ def _upsert_plugin(
     plugins: list[dict[str, Any]] = document.setdefault("plugins", [])
     for index, existing in enumerate(plugins):
         if existing.get("instance_name") == plugin["instance_name"]:
-            plugins[index] = {
-                **plugin,
-                "id": existing["id"],
-                "created_at": existing.get("created_at", now),
-                "updated_at": now,
-            }
+            updated = {**plugin, "id": existing["id"]}
+            plugins[index] = carry_timestamps(
+                {"plugins": [existing]}, {"plugins": [{**updated, "updated_at": now}]}, now
+            )["plugins"][0]
             return
     plugins.append({**plugin, "id": _plugin_id(), "created_at": now, "updated_at": now})
     plugins.sort(key=lambda p: str(p["id"]))
