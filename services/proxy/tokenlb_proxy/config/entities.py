@@ -46,7 +46,11 @@ from tokenlb_proxy.plan import Gateway
 __all__ = [
     "ENTITY_NAMESPACE",
     "KINDS",
+    "NESTED",
+    "PLUGIN_SCOPES",
+    "STRUCTS",
     "config_with_defaults",
+    "flat_entity",
     "nest",
     "normalize",
     "service_defaults",
@@ -60,6 +64,25 @@ ENTITY_NAMESPACE = uuid.UUID("5b3f4c1e-7a0d-4f6e-9a53-3c1d2b7e8f10")
 #: The flat document's entity lists, in the order references point (a route refers to a
 #: service, a plugin to any of the others).
 KINDS = ("services", "routes", "consumer_groups", "consumers", "keyauth_credentials", "plugins")
+
+#: Each kind's decK model, and the fields that hold nested entities in decK form (never
+#: part of a flat entity).
+STRUCTS: dict[str, type[msgspec.Struct]] = {
+    "services": Service,
+    "routes": Route,
+    "consumer_groups": ConsumerGroup,
+    "consumers": Consumer,
+    "keyauth_credentials": KeyAuthCredential,
+    "plugins": PluginEntry,
+}
+NESTED: dict[str, tuple[str, ...]] = {
+    "services": ("routes", "plugins"),
+    "routes": ("plugins",),
+    "consumer_groups": ("consumers", "plugins"),
+    "consumers": ("keyauth_credentials", "plugins"),
+    "keyauth_credentials": (),
+    "plugins": (),
+}
 
 #: The scope fields of a plugin and the entity list each one refers to.
 PLUGIN_SCOPES = (
@@ -122,6 +145,24 @@ def service_defaults(service: dict[str, Any]) -> dict[str, Any]:
     if service.get("port") is None:
         service["port"] = _DEFAULT_PORTS.get(service["protocol"], 80)
     return service
+
+
+def flat_entity(kind: str, struct: msgspec.Struct, now: int) -> dict[str, Any]:
+    """One decoded entity (``STRUCTS[kind]``) as the flat document holds it: without its
+    nested entities, with Kong's defaults, timestamps ``now`` where missing. References and
+    the id are left as they are: resolving them is the caller's business."""
+    entity = _json_like(struct)
+    for key in NESTED[kind]:
+        entity.pop(key, None)
+    if entity.get("created_at") is None:
+        entity["created_at"] = now
+    if "updated_at" in entity and entity["updated_at"] is None:
+        entity["updated_at"] = now
+    if kind == "services":
+        service_defaults(entity)
+    elif kind == "plugins":
+        entity["config"] = config_with_defaults(entity["name"], entity["config"])
+    return entity
 
 
 def _json_like(struct: msgspec.Struct) -> dict[str, Any]:
@@ -221,39 +262,27 @@ class _Normalizer:
         struct: msgspec.Struct,
         natural: str | None,
         path: str,
-        drop: Iterable[str],
         name: str | None = None,
     ) -> dict[str, Any]:
         """``struct`` as a flat entity; ``natural``: the key its uuid5 is derived from
         (the path in the file when it has none), ``name``: what references may call it."""
-        entity = _json_like(struct)
-        for key in drop:
-            entity.pop(key, None)
+        entity = flat_entity(kind, struct, self.now)
         entity_id = entity.get("id") or _uuid(kind, natural or path)
         entity["id"] = entity_id
-        if entity.get("created_at") is None:
-            entity["created_at"] = self.now
-        if "updated_at" in entity and entity["updated_at"] is None:
-            entity["updated_at"] = self.now
         self.index[kind].add(entity_id, name, natural, path, self.errors)
         self.flat[kind].append(entity)
         return entity
 
     def _service(self, service: Service, path: str) -> dict[str, Any]:
-        entity = self._entity(
-            "services", service, service.name, path, ("routes", "plugins"), service.name
-        )
-        return service_defaults(entity)
+        return self._entity("services", service, service.name, path, service.name)
 
     def _route(self, route: Route, path: str, service: dict[str, Any] | None) -> dict[str, Any]:
-        entity = self._entity("routes", route, route.name, path, ("plugins",), route.name)
+        entity = self._entity("routes", route, route.name, path, route.name)
         entity["service"] = {"id": service["id"]} if service is not None else None
         return entity
 
     def _group(self, group: ConsumerGroup, path: str) -> dict[str, Any]:
-        return self._entity(
-            "consumer_groups", group, group.name, path, ("consumers", "plugins"), group.name
-        )
+        return self._entity("consumer_groups", group, group.name, path, group.name)
 
     def _consumer(self, consumer: Consumer, path: str) -> dict[str, Any]:
         if not consumer.username and not consumer.custom_id:
@@ -264,14 +293,7 @@ class _Normalizer:
                 )
             )
         natural = consumer.username or (consumer.custom_id and f"custom_id:{consumer.custom_id}")
-        entity = self._entity(
-            "consumers",
-            consumer,
-            natural or None,
-            path,
-            ("keyauth_credentials", "plugins"),
-            consumer.username,
-        )
+        entity = self._entity("consumers", consumer, natural or None, path, consumer.username)
         entity["groups"] = []
         return entity
 
@@ -324,7 +346,7 @@ class _Normalizer:
             position = positions.get(consumer_id, 0)
             positions[consumer_id] = position + 1
             owner = self.index["consumers"].names[consumer_id]
-            entity = self._entity("keyauth_credentials", cred, f"{owner}#{position}", path, ())
+            entity = self._entity("keyauth_credentials", cred, f"{owner}#{position}", path)
             entity["consumer"] = {"id": consumer_id}
 
     def _plugins(
@@ -373,9 +395,8 @@ class _Normalizer:
             refs[field] = ref
             names.append(f"{field}={self.index[kind].names[ref['id']]}" if ref else "")
         names.append(entry.instance_name or "")
-        entity = self._entity("plugins", entry, "|".join(names), path, ())
+        entity = self._entity("plugins", entry, "|".join(names), path)
         entity.update(refs)
-        entity["config"] = config_with_defaults(entry.name, entity["config"])
 
 
 def normalize(doc: DeclarativeConfig, *, now: int | None = None) -> dict[str, Any]:
