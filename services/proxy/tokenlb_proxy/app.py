@@ -11,15 +11,24 @@ import logging
 import time
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
 from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy import __version__
+from tokenlb_proxy.admin.api import AdminApi, Control
+from tokenlb_proxy.admin.kong_errors import unauthorized
+from tokenlb_proxy.admin.security import TOKEN_HEADER, token_matches
+from tokenlb_proxy.config import load_document
+from tokenlb_proxy.config.entities import normalize, validate
+from tokenlb_proxy.control.manager import ConfigManager
+from tokenlb_proxy.control.repository import LocalRepository, StoredConfig
 from tokenlb_proxy.errors import ProxyError, error_body
 from tokenlb_proxy.fleet import aggregator_health
 from tokenlb_proxy.metrics import CONTENT_TYPE
+from tokenlb_proxy.plan import Gateway
 from tokenlb_proxy.runtime import Runtime
 from tokenlb_proxy.settings import redact_url
 from tokenlb_proxy.stats import balancer_stats, window_minutes
@@ -80,8 +89,57 @@ def create_proxy_app(runtime: Runtime) -> Litestar:
     )
 
 
+def _control_of(runtime: Runtime) -> Control:
+    """The runtime's config manager.
+
+    TEMPORARY, until the control helper's Runtime (which owns ``runtime.control``, the
+    Redis repository and the watcher) is merged: a replica-local manager seeded from the
+    ``--config`` file. Delete this function's fallback branch then.
+    """
+    control: Control | None = getattr(runtime, "control", None)
+    if control is None:
+        repository = LocalRepository()
+        repository._stored = StoredConfig(1, normalize(load_document(runtime.settings.config_path)))
+
+        async def apply(gateway: Gateway, _: StoredConfig) -> None:
+            runtime.gateway = runtime.proxy.gateway = runtime.metrics.gateway = gateway
+            await runtime.announce()
+
+        control = ConfigManager(repository, validate, apply)
+        runtime.control = control  # type: ignore[attr-defined]
+    return control
+
+
+def _admin_api(runtime: Runtime) -> Any:
+    """Kong's Admin API (``admin/api.py``) on every other path of the admin app."""
+    api = AdminApi(lambda: _control_of(runtime))
+    token = runtime.settings.admin_token
+    encoder = msgspec.json.Encoder()
+
+    @route(["/{path:path}"], http_method=_METHODS)
+    async def kong_admin_api(request: Request[Any, Any, Any], path: str) -> Response[bytes]:
+        if token is not None and not token_matches(token, request.headers.get(TOKEN_HEADER)):
+            error = unauthorized()
+            status, body = error.status_code, error.body
+        else:
+            try:
+                status, body = await api.handle(
+                    request.method, path, request.query_params, await request.body()
+                )
+            except Exception:
+                log.exception("Admin API: unexpected error on %s %s", request.method, path)
+                status, body = 500, {"message": "An unexpected error occurred"}
+        if body is None:
+            return Response(b"", status_code=status)
+        return Response(encoder.encode(body), status_code=status, media_type="application/json")
+
+    return kong_admin_api
+
+
 def create_admin_app(runtime: Runtime) -> Litestar:
-    """The admin app: ``GET /status`` and ``GET /metrics``; bound to 127.0.0.1 by default."""
+    """The admin app: ``GET /status``, ``/stats`` and ``/metrics`` (always open, see
+    ``admin/security.py``) and Kong's Admin API on every other path (behind the admin
+    token when one is set); bound to 127.0.0.1 by default."""
 
     @get("/status")
     async def status() -> dict[str, Any]:
@@ -168,7 +226,7 @@ def create_admin_app(runtime: Runtime) -> Litestar:
         return Response(text, media_type=CONTENT_TYPE)
 
     return Litestar(
-        route_handlers=[status, stats, metrics],
+        route_handlers=[status, stats, metrics, _admin_api(runtime)],
         exception_handlers=_EXCEPTION_HANDLERS,
         openapi_config=None,
         logging_config=None,

@@ -52,6 +52,18 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     #: Connect and read timeout of Redis calls, seconds: the longest a request waits on a
     #: Redis that stopped answering before this replica falls back to local counters.
     redis_timeout_s: float = 1.0
+    #: The Admin API token (``TOKENLB_ADMIN_TOKEN``; never a command-line flag, which
+    #: every user of the machine could read in ``ps``). None: the API is open, which
+    #: ``tokenlb proxy`` allows only on a loopback admin address.
+    admin_token: str | None = None
+
+    def __repr__(self) -> str:
+        # Settings may be logged or shown in a traceback: never with the admin token.
+        shown = [
+            f"{name}={'<redacted>' if name == 'admin_token' and value else value!r}"
+            for name, value in ((f, getattr(self, f)) for f in self.__struct_fields__)
+        ]
+        return f"ProxySettings({', '.join(shown)})"
 
 
 def settings_from_env(
@@ -67,6 +79,7 @@ def settings_from_env(
         "usage_events": env.get("TOKENLB_USAGE_EVENTS", "1").lower() not in ("0", "false", "no"),
         "announce_interval_s": float(env.get("TOKENLB_ANNOUNCE_INTERVAL_S", "10")),
         "redis_timeout_s": float(env.get("TOKENLB_REDIS_TIMEOUT_S", "1")),
+        "admin_token": env.get("TOKENLB_ADMIN_TOKEN") or None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return msgspec.convert(values, ProxySettings)
