@@ -133,39 +133,34 @@ def _path_parts(path: str) -> list[str | int]:
 
 def _place(node: Any, parts: list[str | int], message: str) -> None:
     """Put ``message`` at ``parts`` in the nested ``fields`` tree, growing dicts for names
-    and lists (None where nothing is wrong) for array indexes."""
+    and lists (None where nothing is wrong) for array indexes. A message for a record
+    that also has messages for its fields goes under the record's ``"@entity"``."""
     if not parts:
-        node.setdefault("@entity", []).append(message)
+        if isinstance(node, dict):
+            node.setdefault("@entity", []).append(message)
         return
     head, rest = parts[0], parts[1:]
-    if isinstance(head, int):
-        if not isinstance(node, list):
-            return
+    tree: Any = node
+    if isinstance(node, list) and isinstance(head, int):
         node.extend([None] * (head + 1 - len(node)))
-        slot: Any = node[head]
-        if not rest:
-            node[head] = message if slot is None else slot
-            return
-        if slot is None or isinstance(slot, str):
-            slot = node[head] = [] if isinstance(rest[0], int) else {}
-        _place(slot, rest, message)
-        return
-    if not isinstance(node, dict):
-        return
-    current = node.get(head)
+        current = node[head]
+    elif isinstance(node, dict) and isinstance(head, str):
+        current = node.get(head)
+    else:
+        return  # the path disagrees with the tree built so far; keep what is there
     if not rest:
         if current is None:
-            node[head] = message
+            tree[head] = message
         elif isinstance(current, str):
-            node[head] = f"{current}; {message}"
-        elif isinstance(current, dict):
-            current.setdefault("@entity", []).append(message)
+            tree[head] = f"{current}; {message}"
+        else:
+            _place(current, [], message)
         return
     if current is None or isinstance(current, str):
         container: Any = [] if isinstance(rest[0], int) else {}
         if isinstance(current, str) and isinstance(container, dict):
             container["@entity"] = [current]
-        node[head] = current = container
+        tree[head] = current = container
     _place(current, rest, message)
 
 
@@ -203,8 +198,9 @@ def kong_message(error: FieldError, choices: list[str] | None = None) -> FieldEr
     if message.startswith("Invalid enum value") and choices:
         return FieldError(path, f"expected one of: {', '.join(choices)}")
     expected = _EXPECTED_TYPE.fullmatch(message)
-    if expected and expected.group(1) in _TYPE_NAMES:
-        return FieldError(path, _TYPE_NAMES[expected.group(1)])
+    type_name = expected.group(1).removesuffix(" | null") if expected else ""
+    if type_name in _TYPE_NAMES:
+        return FieldError(path, _TYPE_NAMES[type_name])
     bound = _BOUND.fullmatch(message)
     if bound:
         return FieldError(path, f"value must be {_BOUND_WORDS[bound.group(1)]} {bound.group(2)}")
