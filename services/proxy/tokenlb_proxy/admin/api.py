@@ -206,15 +206,10 @@ class AdminApi:
             def leave(doc: dict[str, Any]) -> None:
                 owner = crud.get(doc, owner_kind, owner_key)
                 other = crud.get(doc, other_kind, segments[3])
-                group, consumer = (
-                    (owner, other)
-                    if owner_kind == "consumer_groups"
-                    else (
-                        other,
-                        owner,
-                    )
-                )
-                crud.remove_member(doc, group, consumer)
+                if owner_kind == "consumer_groups":
+                    crud.remove_member(doc, group=owner, consumer=other)
+                else:
+                    crud.remove_member(doc, group=other, consumer=owner)
 
             await self._write(owner_kind, leave)
             return 204, None
