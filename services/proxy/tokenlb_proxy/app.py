@@ -11,12 +11,16 @@ import logging
 import time
 from typing import Any
 
+import msgspec
 from litestar import Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
 from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy import __version__
+from tokenlb_proxy.admin.api import AdminApi
+from tokenlb_proxy.admin.kong_errors import unauthorized
+from tokenlb_proxy.admin.security import TOKEN_HEADER, token_matches
 from tokenlb_proxy.errors import ProxyError, error_body
 from tokenlb_proxy.fleet import aggregator_health
 from tokenlb_proxy.metrics import CONTENT_TYPE
@@ -80,8 +84,36 @@ def create_proxy_app(runtime: Runtime) -> Litestar:
     )
 
 
+def _admin_api(runtime: Runtime) -> Any:
+    """Kong's Admin API (``admin/api.py``) on every other path of the admin app."""
+    api = AdminApi(lambda: runtime.control)
+    token = runtime.settings.admin_token
+    encoder = msgspec.json.Encoder()
+
+    @route(["/{path:path}"], http_method=_METHODS)
+    async def kong_admin_api(request: Request[Any, Any, Any], path: str) -> Response[bytes]:
+        if token is not None and not token_matches(token, request.headers.get(TOKEN_HEADER)):
+            error = unauthorized()
+            status, body = error.status_code, error.body
+        else:
+            try:
+                status, body = await api.handle(
+                    request.method, path, request.query_params, await request.body()
+                )
+            except Exception:
+                log.exception("Admin API: unexpected error on %s %s", request.method, path)
+                status, body = 500, {"message": "An unexpected error occurred"}
+        if body is None:
+            return Response(b"", status_code=status)
+        return Response(encoder.encode(body), status_code=status, media_type="application/json")
+
+    return kong_admin_api
+
+
 def create_admin_app(runtime: Runtime) -> Litestar:
-    """The admin app: ``GET /status`` and ``GET /metrics``; bound to 127.0.0.1 by default."""
+    """The admin app: ``GET /status``, ``/stats`` and ``/metrics`` (always open, see
+    ``admin/security.py``) and Kong's Admin API on every other path (behind the admin
+    token when one is set); bound to 127.0.0.1 by default."""
 
     @get("/status")
     async def status() -> dict[str, Any]:
@@ -176,7 +208,7 @@ def create_admin_app(runtime: Runtime) -> Litestar:
         return Response(text, media_type=CONTENT_TYPE)
 
     return Litestar(
-        route_handlers=[status, stats, metrics],
+        route_handlers=[status, stats, metrics, _admin_api(runtime)],
         exception_handlers=_EXCEPTION_HANDLERS,
         openapi_config=None,
         logging_config=None,

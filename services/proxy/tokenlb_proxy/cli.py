@@ -54,7 +54,8 @@ def _valid_redis_url(command: str, url: str) -> bool:
 
 
 def _cmd_proxy(args: argparse.Namespace) -> int:
-    from tokenlb_proxy.config import ConfigError  # noqa: PLC0415 - keep `--help` fast
+    from tokenlb_proxy.admin.security import is_loopback  # noqa: PLC0415 - keep `--help` fast
+    from tokenlb_proxy.config import ConfigError  # noqa: PLC0415
     from tokenlb_proxy.server import run_proxy  # noqa: PLC0415
     from tokenlb_proxy.settings import settings_from_env  # noqa: PLC0415
 
@@ -76,6 +77,14 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         )
         return 2
     if settings.redis_url and not _valid_redis_url("proxy", settings.redis_url):
+        return 2
+    if not settings.admin_token and not is_loopback(settings.admin_host):
+        print(
+            f"tokenlb proxy: the Admin API would listen on {settings.admin_host}, which is "
+            "not a loopback address, without a token: set TOKENLB_ADMIN_TOKEN (clients send "
+            "it in the Kong-Admin-Token header) or use --admin-host 127.0.0.1",
+            file=sys.stderr,
+        )
         return 2
     try:
         run_proxy(settings)

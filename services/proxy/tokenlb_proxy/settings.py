@@ -57,6 +57,18 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     #: Seconds between two checks of the config version in Redis, the fallback for a
     #: missed change announcement (and the only way on a Redis Cluster).
     config_poll_interval_s: float = 0.5
+    #: The Admin API token (``TOKENLB_ADMIN_TOKEN``; never a command-line flag, which
+    #: every user of the machine could read in ``ps``). None: the API is open, which
+    #: ``tokenlb proxy`` allows only on a loopback admin address.
+    admin_token: str | None = None
+
+    def __repr__(self) -> str:
+        # Settings may be logged or shown in a traceback: never with the admin token.
+        shown = [
+            f"{name}={'<redacted>' if name == 'admin_token' and value else value!r}"
+            for name, value in ((f, getattr(self, f)) for f in self.__struct_fields__)
+        ]
+        return f"ProxySettings({', '.join(shown)})"
 
 
 def settings_from_env(
@@ -73,6 +85,7 @@ def settings_from_env(
         "announce_interval_s": float(env.get("TOKENLB_ANNOUNCE_INTERVAL_S", "10")),
         "redis_timeout_s": float(env.get("TOKENLB_REDIS_TIMEOUT_S", "1")),
         "config_poll_interval_s": float(env.get("TOKENLB_CONFIG_POLL_INTERVAL_S", "0.5")),
+        "admin_token": env.get("TOKENLB_ADMIN_TOKEN") or None,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     return msgspec.convert(values, ProxySettings)

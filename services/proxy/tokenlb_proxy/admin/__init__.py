@@ -1,0 +1,1 @@
+"""The Kong-compatible Admin API: CRUD on the fleet's flat config document."""

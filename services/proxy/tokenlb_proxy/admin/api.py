@@ -1,0 +1,356 @@
+"""Kong's Admin API routes over the fleet's config document.
+
+Collections and entities, as Kong serves them on port 8001::
+
+    /services  /routes  /consumers  /consumer_groups  /plugins  /key-auths
+    /{collection}/{id or endpoint key}
+    /services/{s}/routes   /{services|routes|consumers|consumer_groups}/{x}/plugins
+    /consumers/{c}/key-auth
+    /consumer_groups/{g}/consumers   /consumers/{c}/consumer_groups   (memberships)
+
+plus ``/{parent}/{x}/{child}/{id}`` for one nested entity. GET lists page like Kong's
+(``size`` 1-1000, default 100; an opaque ``offset``; ``{"data", "next", "offset"}``), in
+id order. Every write is one ``ConfigManager.update``: the change is applied to a copy of
+the document, compiled, and stored only if it compiles, so a refused request stores
+nothing. Reads answer from the stored document as written: a plugin config holding
+``{vault://env/X}`` is returned as that reference, never as the secret's value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
+
+import msgspec
+
+from tokenlb_proxy.admin import crud, kong_errors
+from tokenlb_proxy.admin.kong_errors import AdminError
+from tokenlb_proxy.config.errors import ConfigError
+from tokenlb_proxy.control.repository import StoredConfig
+
+__all__ = ["AdminApi", "Control"]
+
+T = TypeVar("T")
+
+#: URL collection -> kind of the flat document.
+COLLECTIONS = {
+    "services": "services",
+    "routes": "routes",
+    "consumers": "consumers",
+    "consumer_groups": "consumer_groups",
+    "plugins": "plugins",
+    "key-auths": "keyauth_credentials",
+}
+#: (parent collection, child collection) -> (child kind, the child's field naming the parent)
+NESTED = {
+    ("services", "routes"): ("routes", "service"),
+    ("services", "plugins"): ("plugins", "service"),
+    ("routes", "plugins"): ("plugins", "route"),
+    ("consumers", "plugins"): ("plugins", "consumer"),
+    ("consumer_groups", "plugins"): ("plugins", "consumer_group"),
+    ("consumers", "key-auth"): ("keyauth_credentials", "consumer"),
+}
+#: Kong's page sizes.
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+Response = tuple[int, Any]
+
+
+class Control(Protocol):
+    """What the Admin API needs of ``control/manager.py``'s ConfigManager."""
+
+    async def current(self) -> StoredConfig: ...
+
+    async def update(self, change: Callable[[dict[str, Any]], T]) -> T: ...
+
+
+class AdminApi:
+    """Answers one Admin API request: (method, path, query, body) -> (status, JSON)."""
+
+    def __init__(self, control: Callable[[], Control]) -> None:
+        self._control = control
+
+    async def handle(
+        self, method: str, path: str, query: Mapping[str, str], body: bytes
+    ) -> Response:
+        try:
+            return await self._route(method, [s for s in path.split("/") if s], query, body)
+        except AdminError as exc:
+            return exc.status_code, exc.body
+
+    async def _route(
+        self, method: str, segments: list[str], query: Mapping[str, str], raw: bytes
+    ) -> Response:
+        if not segments or segments[0] not in COLLECTIONS:
+            raise kong_errors.not_found()
+        kind = COLLECTIONS[segments[0]]
+        body = _decode(raw) if method in ("POST", "PUT", "PATCH") else None
+        if len(segments) == 1:
+            return await self._collection(method, kind, None, segments, query, body)
+        if len(segments) == 2:
+            return await self._entity(method, kind, segments[1], None, body)
+        parent = segments[0], segments[2]
+        if parent in NESTED:
+            child_kind, field = NESTED[parent]
+            scope = (field, kind, segments[1])
+            if len(segments) == 3:
+                return await self._collection(method, child_kind, scope, segments, query, body)
+            if len(segments) == 4:
+                return await self._entity(method, child_kind, segments[3], scope, body)
+        if parent == ("consumer_groups", "consumers") and len(segments) in (3, 4):
+            return await self._members(method, segments, query, body, "consumer_groups")
+        if parent == ("consumers", "consumer_groups") and len(segments) in (3, 4):
+            return await self._members(method, segments, query, body, "consumers")
+        raise kong_errors.not_found()
+
+    # ---------------------------------------------------------------- collections
+
+    async def _collection(
+        self,
+        method: str,
+        kind: str,
+        scope: tuple[str, str, str] | None,
+        segments: list[str],
+        query: Mapping[str, str],
+        body: Any,
+    ) -> Response:
+        if method == "GET":
+            doc = (await self._control().current()).document
+            items = doc.get(kind, [])
+            if scope is not None:
+                field, parent_kind, key = scope
+                parent = crud.get(doc, parent_kind, key)
+                items = [e for e in items if e.get(field) == {"id": parent["id"]}]
+            return 200, _page([crud.present(kind, e) for e in items], segments, query)
+        if method != "POST":
+            return _method_not_allowed()
+        now = int(time.time())
+
+        def create(doc: dict[str, Any]) -> dict[str, Any]:
+            return crud.create(doc, kind, body, now, _forced(doc, scope))
+
+        return 201, crud.present(kind, await self._write(kind, create))
+
+    # ------------------------------------------------------------------- entities
+
+    async def _entity(
+        self,
+        method: str,
+        kind: str,
+        key: str,
+        scope: tuple[str, str, str] | None,
+        body: Any,
+    ) -> Response:
+        if method == "GET":
+            doc = (await self._control().current()).document
+            entity = _scoped_entity(doc, kind, key, scope)
+            if kind == "consumer_groups":
+                return 200, _group_view(doc, entity)
+            return 200, crud.present(kind, entity)
+        now = int(time.time())
+        if method == "PATCH":
+
+            def update(doc: dict[str, Any]) -> dict[str, Any]:
+                _scoped_entity(doc, kind, key, scope)
+                return crud.patch(doc, kind, key, body, now, _forced(doc, scope))
+
+            return 200, crud.present(kind, await self._write(kind, update))
+        if method == "PUT":
+
+            def upsert(doc: dict[str, Any]) -> dict[str, Any]:
+                if scope is not None and crud.find(doc, kind, key) is not None:
+                    _scoped_entity(doc, kind, key, scope)
+                entity, _ = crud.put(doc, kind, key, body, now, _forced(doc, scope))
+                return entity
+
+            return 200, crud.present(kind, await self._write(kind, upsert))
+        if method == "DELETE":
+            doc = (await self._control().current()).document
+            if crud.find(doc, kind, key) is None:
+                # Kong: deleting what is not there is done; under a parent it is a 404.
+                if scope is not None:
+                    raise kong_errors.not_found()
+                return 204, None
+
+            def remove(doc: dict[str, Any]) -> None:
+                if crud.find(doc, kind, key) is not None:
+                    _scoped_entity(doc, kind, key, scope)
+                    crud.delete(doc, kind, key)
+
+            await self._write(kind, remove)
+            return 204, None
+        return _method_not_allowed()
+
+    # ---------------------------------------------------------------- memberships
+
+    async def _members(
+        self,
+        method: str,
+        segments: list[str],
+        query: Mapping[str, str],
+        body: Any,
+        owner_kind: str,
+    ) -> Response:
+        """``/consumer_groups/{g}/consumers[/{c}]`` and ``/consumers/{c}/consumer_groups[/{g}]``."""
+        other_kind = "consumers" if owner_kind == "consumer_groups" else "consumer_groups"
+        owner_key = segments[1]
+        if len(segments) == 4:
+            if method != "DELETE":
+                return _method_not_allowed()
+
+            def leave(doc: dict[str, Any]) -> None:
+                owner = crud.get(doc, owner_kind, owner_key)
+                other = crud.get(doc, other_kind, segments[3])
+                if owner_kind == "consumer_groups":
+                    crud.remove_member(doc, group=owner, consumer=other)
+                else:
+                    crud.remove_member(doc, group=other, consumer=owner)
+
+            await self._write(owner_kind, leave)
+            return 204, None
+        if method == "GET":
+            doc = (await self._control().current()).document
+            owner = crud.get(doc, owner_kind, owner_key)
+            if owner_kind == "consumer_groups":
+                listed = _members_of(doc, owner)
+            else:
+                ids = [g["id"] for g in owner.get("groups") or ()]
+                listed = [g for g in doc.get("consumer_groups", ()) if g["id"] in ids]
+            return 200, _page([crud.present(other_kind, e) for e in listed], segments, query)
+        if method != "POST":
+            return _method_not_allowed()
+        field = "consumer" if owner_kind == "consumer_groups" else "group"
+        if not isinstance(body, dict) or not body.get(field):
+            raise AdminError(400, {"message": f"must provide {field}"})
+        refs = body[field] if isinstance(body[field], list) else [body[field]]
+        now = int(time.time())
+
+        def join(doc: dict[str, Any]) -> dict[str, Any]:
+            owner = crud.get(doc, owner_kind, owner_key)
+            others = []
+            for ref in refs:
+                found = crud.find(doc, other_kind, ref) if isinstance(ref, str) else None
+                if found is None:
+                    raise kong_errors.not_found()
+                others.append(found)
+            if owner_kind == "consumer_groups":
+                crud.add_members(doc, owner, others, now)
+                return {
+                    "consumer_group": crud.present("consumer_groups", owner),
+                    "consumers": [crud.present("consumers", c) for c in others],
+                }
+            for group in others:
+                crud.add_members(doc, group, [owner], now)
+            return {
+                "consumer": crud.present("consumers", owner),
+                "consumer_groups": [crud.present("consumer_groups", g) for g in others],
+            }
+
+        return 201, await self._write(owner_kind, join)
+
+    # --------------------------------------------------------------------- writes
+
+    async def _write(self, kind: str, change: Callable[[dict[str, Any]], T]) -> T:
+        """Run ``change`` through the config manager; a compile failure becomes a schema
+        violation of the entity the change wrote."""
+        written: dict[str, int | None] = {}
+
+        def tracked(doc: dict[str, Any]) -> T:
+            result = change(doc)
+            entity_id = result.get("id") if isinstance(result, dict) else None
+            written["index"] = crud.index_of(doc, kind, entity_id) if entity_id else None
+            return result
+
+        try:
+            return await self._control().update(tracked)
+        except ConfigError as exc:
+            raise crud.compile_error(exc, kind, written.get("index")) from None
+
+
+def _decode(raw: bytes) -> Any:
+    if not raw.strip():
+        return {}
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise kong_errors.invalid_json() from None
+
+
+def _method_not_allowed() -> Response:
+    return 405, {"message": "Method not allowed"}
+
+
+def _forced(doc: dict[str, Any], scope: tuple[str, str, str] | None) -> dict[str, Any] | None:
+    """The field a nested URL sets: ``/services/{s}/plugins`` scopes to service ``s``."""
+    if scope is None:
+        return None
+    field, parent_kind, key = scope
+    return {field: {"id": crud.get(doc, parent_kind, key)["id"]}}
+
+
+def _scoped_entity(
+    doc: dict[str, Any], kind: str, key: str, scope: tuple[str, str, str] | None
+) -> dict[str, Any]:
+    """The entity ``key`` names; under a parent URL, only if it belongs to that parent."""
+    entity = crud.get(doc, kind, key)
+    if scope is not None:
+        field, parent_kind, parent_key = scope
+        parent = crud.get(doc, parent_kind, parent_key)
+        if entity.get(field) != {"id": parent["id"]}:
+            raise kong_errors.not_found()
+    return entity
+
+
+def _members_of(doc: dict[str, Any], group: dict[str, Any]) -> list[dict[str, Any]]:
+    ref = {"id": group["id"]}
+    return [c for c in doc.get("consumers", ()) if ref in (c.get("groups") or ())]
+
+
+def _group_view(doc: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
+    """Kong's answer to ``GET /consumer_groups/{g}``: the group, its members and plugins."""
+    ref = {"id": group["id"]}
+    return {
+        "consumer_group": crud.present("consumer_groups", group),
+        "consumers": [crud.present("consumers", c) for c in _members_of(doc, group)],
+        "plugins": [p for p in doc.get("plugins", ()) if p.get("consumer_group") == ref],
+    }
+
+
+def _page(items: list[dict[str, Any]], segments: list[str], query: Mapping[str, str]) -> Any:
+    """One page of ``items`` (in id order) and the link to the next, as Kong pages."""
+    size_arg = query.get("size")
+    size = DEFAULT_PAGE_SIZE
+    if size_arg is not None:
+        try:
+            size = int(size_arg)
+        except ValueError:
+            raise kong_errors.invalid_size("size must be a number") from None
+        if not 1 <= size <= MAX_PAGE_SIZE:
+            raise kong_errors.invalid_size(f"size must be an integer between 1 and {MAX_PAGE_SIZE}")
+    offset = query.get("offset")
+    if offset:
+        after = _decode_offset(offset)
+        items = [e for e in items if str(e["id"]) > after]
+    page, rest = items[:size], items[size:]
+    body: dict[str, Any] = {"data": page, "next": None}
+    if rest:
+        token = base64.urlsafe_b64encode(str(page[-1]["id"]).encode()).decode().rstrip("=")
+        link = f"/{'/'.join(quote(s, safe='') for s in segments)}?offset={quote(token)}"
+        body["next"] = link + (f"&size={size}" if size_arg is not None else "")
+        body["offset"] = token
+    return body
+
+
+def _decode_offset(offset: str) -> str:
+    try:
+        decoded = base64.urlsafe_b64decode(offset + "=" * (-len(offset) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise kong_errors.invalid_offset(offset) from None
+    if not decoded:
+        raise kong_errors.invalid_offset(offset)
+    return decoded
