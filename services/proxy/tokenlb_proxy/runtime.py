@@ -197,6 +197,8 @@ class Runtime:
         self.gateway = gateway
         self.proxy.gateway = gateway  # the swap: new requests match against it
         self.metrics.use(gateway)
+        if isinstance(self.store, ResilientStore):
+            self.store.keep_only({plan.balancer_id for plan in gateway.balancers})
         self.served = self.known = stored
         self.config_error = None
 

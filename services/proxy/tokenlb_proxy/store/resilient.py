@@ -230,6 +230,13 @@ class ResilientStore:
         except _OUTAGE_ERRORS as exc:
             self._mark_down(exc)
 
+    def keep_only(self, balancer_ids: set[str]) -> None:
+        """Forget the registrations of balancers this replica no longer serves (another
+        replica removed them and deleted their state), so that a Redis coming back from
+        an outage is not told of them again."""
+        for balancer_id in set(self._registrations) - balancer_ids:
+            del self._registrations[balancer_id]
+
     async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:
         self._registrations.pop(balancer_id, None)
         await self.fallback.retire(balancer_id, keys)
