@@ -158,6 +158,9 @@ def test_overlay_is_wired_together(overlay: Path) -> None:
         secret = find(objects, "Secret", ref["name"])
         env[variable["name"]] = secret["stringData"][ref["key"]]
     assert set(env) >= {"DECK_OPENAI_API_KEY", "TOKENLB_REDIS_URL"}
+    # The admin port listens on the pod's address: the Admin API needs a token (a Secret).
+    assert args.admin_host == "0.0.0.0"
+    assert env["TOKENLB_ADMIN_TOKEN"]
 
     # The mounted kong.yaml is a valid config once the Secret's key is in the environment.
     [volume] = [v for v in pod["spec"]["volumes"] if "configMap" in v]
