@@ -16,11 +16,13 @@ keeps the counters of the targets that stay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import openai
@@ -28,6 +30,7 @@ import pytest
 import redis
 import yaml
 
+from tests.redis_topologies import start_redis_cluster
 from tests.support import (
     ManagedProcess,
     free_port,
@@ -54,19 +57,22 @@ PATIENCE_S = 15.0
 
 @dataclass
 class Fleet:
-    redis: ManagedProcess
-    redis_port: int
+    redis_url: str
     mock_chat_url: str
     replicas: list[tuple[ManagedProcess, int, int]]
     config: Path
     logs: Path
+    #: The redis-server (None: a Redis Cluster the test manages).
+    redis: ManagedProcess | None = None
 
     @property
-    def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+    def redis_port(self) -> int:
+        port = urlsplit(self.redis_url).port
+        assert port is not None
+        return port
 
     def redis_client(self) -> redis.Redis:
-        return redis.Redis(port=self.redis_port, decode_responses=True)
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
 
     def admin(self, replica: int) -> httpx.Client:
         return httpx.Client(base_url=f"http://127.0.0.1:{self.replicas[replica][2]}", timeout=10)
@@ -96,29 +102,37 @@ def fleet_config(mock_chat_url: str, model: str) -> dict[str, Any]:
     return {"_format_version": "3.0", "services": [service]}
 
 
+@contextlib.contextmanager
+def running_fleet(logs: Path, redis_url: str, replicas: int) -> Iterator[Fleet]:
+    """The mock upstream and ``replicas`` proxies on ``redis_url``, seeded with one route
+    whose plugin serves ``model-v1``."""
+    with contextlib.ExitStack() as stack:
+        mock, mock_port = start_mock(logs)
+        stack.callback(mock.stop)
+        mock_chat_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
+        config = logs / "kong.yaml"
+        config.write_text(yaml.safe_dump(fleet_config(mock_chat_url, "model-v1")))
+        started = start_proxies(logs, config, replicas, redis_url=redis_url)
+        for proc, _, _ in started:
+            stack.callback(proc.stop)
+        yield Fleet(redis_url, mock_chat_url, started, config, logs)
+
+
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    started: list[ManagedProcess] = []
-    fleet: Fleet | None = None
+    redis_proc, redis_port = start_redis(tmp_path)
+    servers = [redis_proc]
     try:
-        redis_proc, redis_port = start_redis(tmp_path)
-        started.append(redis_proc)
-        mock, mock_port = start_mock(tmp_path)
-        started.append(mock)
-        mock_chat_url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
-        config = tmp_path / "kong.yaml"
-        config.write_text(yaml.safe_dump(fleet_config(mock_chat_url, "model-v1")))
-        replicas = start_proxies(
-            tmp_path, config, REPLICAS, redis_url=f"redis://127.0.0.1:{redis_port}/0"
-        )
-        started += [proc for proc, _, _ in replicas]
-        fleet = Fleet(redis_proc, redis_port, mock_chat_url, replicas, config, tmp_path)
-        yield fleet
+        with running_fleet(tmp_path, f"redis://127.0.0.1:{redis_port}/0", REPLICAS) as fleet:
+            fleet.redis = redis_proc
+            try:
+                yield fleet
+            finally:  # the test may have replaced it (killed, started again on its port)
+                if fleet.redis not in (None, redis_proc):
+                    servers.append(fleet.redis)
     finally:
-        if fleet is not None and fleet.redis not in started:  # restarted by the test
-            started.insert(0, fleet.redis)
-        for proc in reversed(started):
-            proc.stop()
+        for server in servers:
+            server.stop()
 
 
 def change_served_model(fleet: Fleet, replica: int, model: str) -> None:
@@ -195,6 +209,7 @@ def test_the_fleet_restores_an_emptied_redis_and_keeps_following(fleet: Fleet) -
     change_served_model(fleet, 1, "model-v2")
     served_everywhere_within(fleet, "model-v2", time.monotonic())
 
+    assert fleet.redis is not None
     fleet.redis.kill()
     fleet.redis, _ = start_redis(fleet.logs, fleet.redis_port)  # the same port, empty
     client = fleet.redis_client()
@@ -331,3 +346,16 @@ def target_rows(fleet: Fleet, replica: int) -> dict[str, dict[str, Any]]:
         if "doomed-model" not in rows:
             return rows
     raise AssertionError("no fleet balancer")
+
+
+def test_on_a_redis_cluster_replicas_follow_by_polling(tmp_path: Path) -> None:
+    """redis-py's asyncio cluster client has no pub/sub: polling alone keeps the 1 s."""
+    nodes = start_redis_cluster(tmp_path)
+    try:
+        with running_fleet(tmp_path, nodes.url(nodes=2), 2) as fleet:
+            started = time.monotonic()
+            change_served_model(fleet, 0, "model-v2")
+            slowest = served_everywhere_within(fleet, "model-v2", started)
+            assert slowest < PROPAGATION_LIMIT_S, f"the slowest replica took {slowest:.3f} s"
+    finally:
+        nodes.stop()
