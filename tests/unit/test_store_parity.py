@@ -297,6 +297,20 @@ async def test_failed_requests_count_as_errors(harness: StoreHarness) -> None:
     assert totals.usage == pytest.approx(120.0, rel=1e-3)
 
 
+async def test_a_retired_balancer_starts_again_from_nothing(harness: StoreHarness) -> None:
+    """Its plugin was deleted: usage, totals and breaker state are gone (a plugin added
+    again under the same name does not inherit them), and retiring again is harmless."""
+    a, b = candidate("a", 1, 50.0), candidate("b", 1, 50.0)
+    await harness.store.register("parity", KEYS, {"a": "{}", "b": "{}"})
+    await harness.settle(a, await harness.select([a, b]), 120.0)
+    assert (await harness.totals(["a"]))["a"].requests == 1
+
+    await harness.store.retire("parity", KEYS)
+    await harness.store.retire("parity", KEYS)
+
+    assert await harness.totals(["a", "b"]) == {"a": TargetTotals(), "b": TargetTotals()}
+
+
 async def test_over_release_clamps_usage_at_zero(harness: StoreHarness) -> None:
     a = candidate("a", 1, 10.0)
     await harness.settle(a, await harness.select([a]), 0.0, reserved=10.5, failed=True)
@@ -559,6 +573,11 @@ class CountingRedisStore(RedisStore):
             raise RedisConnectionError("simulated outage")
         await super().ping()
 
+    async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:
+        if self.down:
+            raise RedisConnectionError("simulated outage")
+        await super().retire(balancer_id, keys)
+
 
 @pytest.fixture
 def late_redis() -> Iterator[list[ManagedProcess]]:
@@ -724,5 +743,63 @@ async def test_events_settled_during_an_outage_reach_the_stream_when_redis_retur
         # A locally chosen request that finishes after the rejoin is appended at once.
         await store.settle(KEYS, HALF_LIFE_MS, settlement(local[0], "f" * 16))
         assert await primary.client.xlen(KEYS.events) == 4
+    finally:
+        await store.close()
+
+
+async def test_retiring_deletes_every_key_of_the_balancer_and_only_those(redis_url: str) -> None:
+    store = RedisStore(connect_redis(redis_url))
+    other = balancer_keys("other")
+    a = candidate("a", 1, 10.0, tokens=5, tpm=1000)
+    try:
+        for keys, balancer in ((KEYS, "parity"), (other, "other")):
+            await store.register(balancer, keys, {"a": "{}"})
+            selection = await store.select(keys, "lowest-usage", HALF_LIFE_MS, [a])
+            event = usage_event(target="a")
+            await store.settle(
+                keys,
+                HALF_LIFE_MS,
+                Settlement(
+                    "a", 10.0, selection.reserved_at_ms, 12.0, 4, 8, 0.0, False, "redis", event,
+                    lease_id=selection.lease_id, budget_reserved=5, budget_used=12,
+                ),
+            )  # fmt: skip
+            await store.client.hset(keys.rollup(28_000_000), "a:requests", 1)
+        before = set(await store.client.keys("*"))
+        parity = {key for key in before if key.startswith("tokenlb:{parity}:")}
+        assert {KEYS.usage, KEYS.totals, KEYS.events, KEYS.targets, KEYS.budget_window("a")} <= (
+            parity
+        )
+
+        await store.retire("parity", KEYS)
+
+        assert set(await store.client.keys("*")) == before - parity
+        assert await store.client.smembers(BALANCERS_KEY) == {"other"}
+    finally:
+        await store.close()
+
+
+async def test_a_balancer_retired_during_an_outage_is_deleted_when_redis_returns(
+    redis_url: str,
+) -> None:
+    primary = CountingRedisStore(connect_redis(redis_url))
+    store = ResilientStore(primary, LocalStore(), retry_interval_s=0.05)
+    gone, stays = balancer_keys("gone"), balancer_keys("stays")
+    try:
+        await store.register("gone", gone, {"a": "{}"})
+        await store.register("stays", stays, {"a": "{}"})
+        await store.register("elsewhere", balancer_keys("elsewhere"), {"a": "{}"})
+        primary.down = True
+        await store.retire("gone", gone)
+        assert store.degraded
+        # Another replica removed this one: forget it, leave its state to that replica.
+        store.keep_only({"stays"})
+        await primary.client.delete(BALANCERS_KEY)  # as if Redis had restarted empty
+        primary.down = False
+        await wait_rejoined(store)
+
+        assert await primary.client.smembers(BALANCERS_KEY) == {"stays"}
+        assert await primary.client.exists(gone.targets) == 0
+        assert await primary.client.exists(stays.targets) == 1
     finally:
         await store.close()
