@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from tokenlb_proxy.config.compile import PLUGIN_NAME, compile_gateway
+from tokenlb_proxy.config.compile import compile_gateway
 from tokenlb_proxy.config.declarative import (
     Consumer,
     ConsumerGroup,
@@ -117,7 +117,7 @@ def config_with_defaults(name: str, config: dict[str, Any]) -> dict[str, Any]:
     A config its schema refuses, and a plugin without a schema here, is returned as given:
     the compile step reports what is wrong with the field paths the user wrote.
     """
-    if name != PLUGIN_NAME:
+    if name != "ai-proxy-advanced":
         return config
     try:
         decoded = msgspec.convert(config, AiProxyAdvancedConfig)
