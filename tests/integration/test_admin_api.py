@@ -27,7 +27,6 @@ from tests.integration.test_proxy_e2e import (
     Mock,
     Proxy,
     messages,
-    running_proxy,
     store_url_for,
     target,
 )
@@ -72,8 +71,15 @@ def proxy(
     service = {"name": "base-service", "url": mock.url, "routes": [base]}
     config = tmp_path_factory.mktemp("admin") / "kong.yaml"
     config.write_text(yaml.safe_dump({"_format_version": "3.0", "services": [service]}))
-    with running_proxy(process_logs, config, admin_store_url) as running:
-        yield running
+    # OPENAI_API_KEY: what a ``{vault://env/OPENAI_API_KEY}`` reference resolves to.
+    env = {"DECK_OPENAI_API_KEY": KEY, "OPENAI_API_KEY": KEY}
+    process, port, admin_port = start_proxy(
+        process_logs, config, redis_url=admin_store_url, env=env
+    )
+    try:
+        yield Proxy(process, port, admin_port, config)
+    finally:
+        process.stop()
 
 
 @pytest.fixture
@@ -182,7 +188,6 @@ def test_a_patch_changes_what_the_proxy_serves(
     created(admin.post("/services", json={"name": "served", "url": mock.url}))
     created(admin.post("/services/served/routes", json={"name": "seed", "paths": ["/seed"]}))
     plugin = created(admin.post("/routes/seed/plugins", json=seed_body()))
-    client = proxy.client("seed")
     try:
         for model in ("patched-model-1", "patched-model-2"):
             patch = {"config": {"targets": [target(model, mock.chat_url)]}}
@@ -193,7 +198,8 @@ def test_a_patch_changes_what_the_proxy_serves(
             assert body["config"]["balancer"]["algorithm"] == "lowest-usage"  # merged, kept
             assert body["updated_at"] >= plugin["created_at"]
             mock.reset()
-            reply = client.chat.completions.create(model=model, messages=messages())
+            with proxy.client("seed") as client:
+                reply = client.chat.completions.create(model=model, messages=messages())
             assert reply.model == model
             assert [r["body"]["model"] for r in mock.requests()] == [model]
     finally:
@@ -372,18 +378,43 @@ def test_a_schema_violation_names_the_plugins_own_fields(admin: httpx.Client) ->
     assert answer["message"].startswith("2 schema violations (config.balancer.algorithm: ")
 
 
-def test_a_secret_reference_is_returned_as_written(admin: httpx.Client, proxy: Proxy) -> None:
-    created(admin.post("/services", json={"name": "vaulted", "url": "http://v"}))
+def vaulted_plugin(admin: httpx.Client, mock: Mock) -> dict[str, Any]:
+    """The seed body on a new route, its targets on the mock with the key referenced."""
+    created(admin.post("/services", json={"name": "vaulted", "url": mock.url}))
     created(admin.post("/services/vaulted/routes", json={"name": "vaulted", "paths": ["/vaulted"]}))
     body = seed_body()
     for entry in body["config"]["targets"]:
         entry["auth"]["header_value"] = "Bearer {vault://env/OPENAI_API_KEY}"
-    plugin = created(admin.post("/routes/vaulted/plugins", json=body))
-    fetched = admin.get(f"/plugins/{plugin['id']}").text
-    assert "Bearer {vault://env/OPENAI_API_KEY}" in fetched
-    assert KEY not in fetched
+        entry["model"]["options"]["upstream_url"] = mock.chat_url
+    return created(admin.post("/routes/vaulted/plugins", json=body))
+
+
+@pytest.fixture
+def cleanup_vaulted(admin: httpx.Client) -> Iterator[None]:
+    yield
     for path in ("/routes/vaulted", "/services/vaulted"):
         assert admin.delete(path).status_code == 204
+
+
+@pytest.mark.usefixtures("cleanup_vaulted")
+def test_a_secret_reference_is_returned_as_written(admin: httpx.Client, mock: Mock) -> None:
+    plugin = vaulted_plugin(admin, mock)
+    for text in (json.dumps(plugin), admin.get(f"/plugins/{plugin['id']}").text):
+        assert "Bearer {vault://env/OPENAI_API_KEY}" in text
+        assert KEY not in text
+
+
+@NEEDS_CONSUMERS  # {vault://env/...} references are resolved by the consumers branch
+@pytest.mark.usefixtures("cleanup_vaulted")
+def test_a_secret_reference_serves_with_the_secrets_value(
+    admin: httpx.Client, proxy: Proxy, mock: Mock
+) -> None:
+    vaulted_plugin(admin, mock)
+    mock.reset()
+    # The mock only answers requests carrying KEY: the reference was resolved.
+    with proxy.client("vaulted") as client:
+        reply = client.chat.completions.create(model="gpt-4", messages=messages())
+    assert reply.model == "gpt-4"
 
 
 # ----------------------------------------------------------------------- security
