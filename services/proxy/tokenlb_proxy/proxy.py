@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import httpx
 from litestar import Request, Response
 from litestar.response import Stream
 
+from tokenlb_proxy.auth import NOBODY, Authenticated, HiddenHeaders, authenticate
 from tokenlb_proxy.chat import ParsedRequest, parse_chat_request, upstream_body
 from tokenlb_proxy.errors import (
     BodyTooLarge,
@@ -71,6 +72,8 @@ class _Exchange:
 
     request: Request[Any, Any, Any]
     plan: BalancerPlan
+    #: The consumer key-auth identified, and the upstream headers that follow from it.
+    auth: Authenticated
     parsed: ParsedRequest
     stream: bool
     client_wants_usage: bool
@@ -142,6 +145,15 @@ class ProxyService:
         if rule is None:
             raise RouteNotFound(NO_ROUTE)
         plan = rule.plan
+        auth = NOBODY
+        if rule.key_auth is not None:
+            # Before the body is read: a refused request costs no read, store call or
+            # upstream call.
+            auth = authenticate(
+                rule.key_auth, request.method, headers, lambda: request.query_params
+            )
+            if auth.consumer is not None:
+                plan = rule.consumer_plans.get(auth.consumer.key, plan)
         if plan is None:
             raise RouteNotFound(f"no ai-proxy-advanced plugin applies to route {rule.name!r}")
         body = await _read_body(request, plan.max_request_body_size)
@@ -155,6 +167,7 @@ class ProxyService:
         exchange = _Exchange(
             request=request,
             plan=plan,
+            auth=auth,
             parsed=parsed,
             stream=stream,
             client_wants_usage=bool(
@@ -341,7 +354,13 @@ class ProxyService:
         )
 
     def _upstream_headers(self, exchange: _Exchange, attempt: _Attempt) -> dict[str, str]:
-        headers = upstream_headers(attempt.target, exchange.request.headers)
+        auth = exchange.auth
+        client: Mapping[str, str] = exchange.request.headers
+        if auth.hidden_headers:
+            client = HiddenHeaders(client, auth.hidden_headers)
+        headers = upstream_headers(attempt.target, client)
+        if auth.upstream_headers:
+            headers.update(auth.upstream_headers)
         # The upstream continues the trace under this attempt's span.
         headers["traceparent"] = exchange.trace.traceparent(attempt.span_id)
         return headers
