@@ -209,6 +209,40 @@ def test_credentials_are_found_by_digest_and_never_shown() -> None:
     assert CONSUMER_KEY not in repr(plan)
 
 
+def test_the_flat_form_refers_by_id_and_scopes_by_username() -> None:
+    doc = {
+        "_format_version": "3.0",
+        "services": [{"id": "s-1", "name": "s", "url": "https://api.openai.com"}],
+        "routes": [{"id": "r-1", "name": "r", "paths": ["/r"], "service": {"id": "s-1"}}],
+        "consumer_groups": [{"id": "g-1", "name": "gold"}],
+        "consumers": [
+            {"id": "c-1", "username": "alice", "groups": [{"id": "g-1"}]},
+            {"id": "c-2", "username": "bob"},
+        ],
+        "keyauth_credentials": [{"id": "k-1", "key": CONSUMER_KEY, "consumer": {"id": "c-1"}}],
+        "plugins": [
+            {**ai_proxy("alice-model"), "consumer": {"id": "c-2"}, "route": {"id": "r-1"}},
+            {**ai_proxy("gold-model"), "consumer_group": {"id": "g-1"}},
+            {**key_auth(), "service": {"id": "s-1"}},
+        ],
+    }
+    gateway = compile_doc(doc)
+    rule = rule_for(gateway, "/r")
+    assert {p.balancer_id for p in gateway.balancers} == {
+        "consumer:bob+route:r",
+        "consumer_group:gold",
+    }
+    assert rule.plan is None
+    assert {k: p.targets[0].model_name for k, p in rule.consumer_plans.items()} == {
+        "alice": "gold-model",
+        "bob": "alice-model",
+    }
+    assert rule.key_auth is not None
+    [credential] = rule.key_auth.credentials.values()
+    assert credential.consumer.id == "c-1"
+    assert credential.upstream_headers[0] == ("x-consumer-id", "c-1")
+
+
 @pytest.mark.parametrize(
     ("change", "path", "message"),
     [

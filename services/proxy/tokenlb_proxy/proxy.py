@@ -152,8 +152,7 @@ class ProxyService:
             auth = authenticate(
                 rule.key_auth, request.method, headers, lambda: request.query_params
             )
-            if auth.consumer is not None:
-                plan = rule.consumer_plans.get(auth.consumer.key, plan)
+            plan = rule.plan_for(auth.consumer)
         if plan is None:
             raise RouteNotFound(f"no ai-proxy-advanced plugin applies to route {rule.name!r}")
         body = await _read_body(request, plan.max_request_body_size)
