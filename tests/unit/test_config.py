@@ -177,6 +177,13 @@ def test_consumer_scoped_plugin_does_not_clash_with_the_global_one() -> None:
     assert rule.consumer_plans["alice"].balancer_id == "consumer:alice"
 
 
+def test_an_empty_config_compiles_to_a_route_without_a_plugin() -> None:
+    # Where the Admin API starts from: Kong accepts it, and so does tokenlb.
+    gateway = compile_doc({"_format_version": "3.0", "services": [{"name": "s"}]})
+    assert gateway.balancers == ()
+    assert served_by(gateway, "/v1/chat/completions") is None
+
+
 def test_admin_api_body_compiles_as_a_global_plugin() -> None:
     text = (SEED / "admin-global.json").read_text()
     # What curl sends once the shell has expanded '$OPENAI_API_KEY' in --data '...'.

@@ -132,28 +132,24 @@ def compile_gateway(doc: DeclarativeConfig, environ: Mapping[str, str] | None = 
         if rule is not None:
             rules.append(rule)
     if not routes:
-        rule = RouteRule(
-            name="default",
-            service=None,
-            prefixes=(DEFAULT_CHAT_PATH,),
-            regexes=(),
-            methods=frozenset({"POST"}),
-            hosts=frozenset(),
-            wildcard_hosts=(),
-            headers=(),
-            regex_priority=0,
-            plan=resolve(plans, None, None),
-            consumer_plans=_consumer_plans(plans, None, None, candidates),
-            key_auth=resolve(key_auths, None, None),
-        )
-        if rule.plan is None and not rule.consumer_plans and not errors:
-            errors.append(
-                FieldError(
-                    "plugins",
-                    f"no routes and no global {AI_PROXY_ADVANCED} plugin: nothing to serve",
-                )
+        # Even with no plugin at all: an empty config is where the Admin API starts from,
+        # and Kong accepts it (requests then get a 404 naming the route).
+        rules.append(
+            RouteRule(
+                name="default",
+                service=None,
+                prefixes=(DEFAULT_CHAT_PATH,),
+                regexes=(),
+                methods=frozenset({"POST"}),
+                hosts=frozenset(),
+                wildcard_hosts=(),
+                headers=(),
+                regex_priority=0,
+                plan=resolve(plans, None, None),
+                consumer_plans=_consumer_plans(plans, None, None, candidates),
+                key_auth=resolve(key_auths, None, None),
             )
-        rules.append(rule)
+        )
     if errors:
         raise ConfigError(errors).redacted(secrets.values)
     version = hashlib.sha256(msgspec.json.encode(doc)).hexdigest()[:12]
