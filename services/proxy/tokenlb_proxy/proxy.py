@@ -40,6 +40,7 @@ from tokenlb_proxy.routing import match_route
 from tokenlb_proxy.stats_log import write_kong_log
 from tokenlb_proxy.store.base import Algorithm, Candidate, Selection, Settlement, UsageStore
 from tokenlb_proxy.tracecontext import TraceContext, new_span_id, parse_traceparent
+from tokenlb_proxy.transport import AiohttpTransport
 from tokenlb_proxy.upstream import (
     StreamState,
     relay_stream,
@@ -122,14 +123,15 @@ class ProxyService:
         self,
         gateway: Gateway,
         store: UsageStore,
-        http: httpx.AsyncClient,
+        upstream: AiohttpTransport,
         metrics: ProxyMetrics | None = None,
         *,
         write_logs: bool = True,
     ) -> None:
         self.gateway = gateway
         self.store = store
-        self.http = http
+        #: The replica's one pooled upstream client (see transport.py).
+        self.upstream = upstream
         #: Write Kong's log line here (embedded store); with Redis the aggregator does.
         self.write_logs = write_logs
         self.metrics = metrics if metrics is not None else ProxyMetrics(gateway)
@@ -255,12 +257,13 @@ class ProxyService:
     async def _forward(self, exchange: _Exchange, attempt: _Attempt) -> Response[bytes]:
         target, plan = attempt.target, exchange.plan
         try:
-            response = await self.http.post(
+            response = await self.upstream.send(
                 target.url,
-                content=upstream_body(exchange.parsed, target, stream=False, want_usage=False),
+                body=upstream_body(exchange.parsed, target, stream=False, want_usage=False),
                 headers=self._upstream_headers(exchange, attempt),
                 params=upstream_params(target, exchange.request.query_params),
-                timeout=plan.timeout,
+                timeouts=plan.timeout,
+                stream=False,
             )
         except httpx.HTTPError as exc:
             raise await self._transport_failure(exchange, attempt, exc) from exc
@@ -292,16 +295,15 @@ class ProxyService:
         self, exchange: _Exchange, attempt: _Attempt
     ) -> Response[bytes] | Stream:
         target, plan = attempt.target, exchange.plan
-        upstream_request = self.http.build_request(
-            "POST",
-            target.url,
-            content=upstream_body(exchange.parsed, target, stream=True, want_usage=True),
-            headers=self._upstream_headers(exchange, attempt),
-            params=upstream_params(target, exchange.request.query_params),
-            timeout=plan.timeout,
-        )
         try:
-            response = await self.http.send(upstream_request, stream=True)
+            response = await self.upstream.send(
+                target.url,
+                body=upstream_body(exchange.parsed, target, stream=True, want_usage=True),
+                headers=self._upstream_headers(exchange, attempt),
+                params=upstream_params(target, exchange.request.query_params),
+                timeouts=plan.timeout,
+                stream=True,
+            )
         except httpx.HTTPError as exc:
             raise await self._transport_failure(exchange, attempt, exc) from exc
         headers = self._response_headers(exchange, target, response)
