@@ -35,10 +35,6 @@ from tests.support import free_port, start_proxy, tokenlb_command
 SEED = Path(__file__).resolve().parents[1] / "data" / "seed"
 ADMIN_TOKEN = "tok-admin-6d1f0c9e2b7a4455"
 KINDS = ("services", "routes", "consumers", "consumer_groups", "plugins")
-#: Consumer and consumer-group scopes compile once the consumers work is merged.
-NEEDS_CONSUMERS = pytest.mark.xfail(
-    strict=True, reason="consumer / consumer-group plugin scopes land with the consumers branch"
-)
 
 
 def seed_body() -> dict[str, Any]:
@@ -151,10 +147,8 @@ def assert_seed_plugin(plugin: dict[str, Any]) -> None:
         ("/plugins/", None, None),
         ("/services/openai-chat/plugins/", "service", "openai-chat"),
         ("/routes/openai-chat-route/plugins/", "route", "openai-chat-route"),
-        pytest.param("/consumers/alice/plugins/", "consumer", "alice", marks=NEEDS_CONSUMERS),
-        pytest.param(
-            "/consumer_groups/premium/plugins/", "consumer_group", "premium", marks=NEEDS_CONSUMERS
-        ),
+        pytest.param("/consumers/alice/plugins/", "consumer", "alice"),
+        pytest.param("/consumer_groups/premium/plugins/", "consumer_group", "premium"),
     ],
 )
 @pytest.mark.usefixtures("scope_entities")
@@ -404,7 +398,6 @@ def test_a_secret_reference_is_returned_as_written(admin: httpx.Client, mock: Mo
         assert KEY not in text
 
 
-@NEEDS_CONSUMERS  # {vault://env/...} references are resolved by the consumers branch
 @pytest.mark.usefixtures("cleanup_vaulted")
 def test_a_secret_reference_serves_with_the_secrets_value(
     admin: httpx.Client, proxy: Proxy, mock: Mock
