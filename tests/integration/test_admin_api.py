@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -200,6 +201,85 @@ def test_a_patch_changes_what_the_proxy_serves(
         assert admin.delete("/routes/seed").status_code == 204
         assert admin.delete("/services/served").status_code == 204
     assert admin.get(f"/plugins/{plugin['id']}").status_code == 404  # deleted with its route
+
+
+def keyed_client(proxy: Proxy, key: str | None) -> openai.OpenAI:
+    """An SDK client for the ``/keyed`` route sending ``key`` in key-auth's header."""
+    headers = {"apikey": key} if key is not None else {}
+    return openai.OpenAI(
+        base_url=f"{proxy.url}/keyed/v1",
+        api_key="sdk-placeholder",  # sent as Authorization, which key-auth does not read
+        default_headers=headers,
+        max_retries=0,
+        timeout=15,
+    )
+
+
+def targets_body(model: str, mock: Mock) -> dict[str, Any]:
+    body = seed_body()
+    body["config"]["targets"] = [target(model, mock.chat_url)]
+    body["config"]["targets"][0]["auth"]["header_value"] = f"Bearer {KEY}"
+    return body
+
+
+def test_plugins_scoped_through_the_api_serve_their_consumers(
+    admin: httpx.Client, proxy: Proxy, mock: Mock
+) -> None:
+    """key-auth on a route; the route's plugin for anyone, alice's own plugin for alice,
+    the gold group's plugin for bob (Kong's precedence: consumer, group, route)."""
+    created(admin.post("/services", json={"name": "keyed", "url": mock.url}))
+    created(admin.post("/services/keyed/routes", json={"name": "keyed", "paths": ["/keyed"]}))
+    key_auth = created(admin.post("/routes/keyed/plugins", json={"name": "key-auth"}))
+    assert key_auth["config"]["key_names"] == ["apikey"]  # Kong's default, filled in
+    plugins = [key_auth["id"]]
+    plugins.append(
+        created(admin.post("/routes/keyed/plugins", json=targets_body("route-model", mock)))["id"]
+    )
+    for name in ("alice", "bob", "carl"):
+        created(admin.post("/consumers", json={"username": f"{name}-k"}))
+        created(admin.post(f"/consumers/{name}-k/key-auth", json={"key": f"{name}-key-0123456"}))
+    plugins.append(
+        created(admin.post("/consumers/alice-k/plugins", json=targets_body("alice-model", mock)))[
+            "id"
+        ]
+    )
+    created(admin.post("/consumer_groups", json={"name": "gold"}))
+    assert (
+        admin.post("/consumer_groups/gold/consumers", json={"consumer": "bob-k"}).status_code == 201
+    )
+    plugins.append(
+        created(admin.post("/consumer_groups/gold/plugins", json=targets_body("gold-model", mock)))[
+            "id"
+        ]
+    )
+    try:
+        for name, model in (
+            ("alice", "alice-model"),
+            ("bob", "gold-model"),
+            ("carl", "route-model"),
+        ):
+            mock.reset()
+            with keyed_client(proxy, f"{name}-key-0123456") as client:
+                reply = client.chat.completions.create(model=model, messages=messages())
+            assert reply.model == model
+            assert [r["body"]["model"] for r in mock.requests()] == [model]
+        mock.reset()
+        with keyed_client(proxy, None) as client, pytest.raises(openai.AuthenticationError):
+            client.chat.completions.create(model="route-model", messages=messages())
+        assert mock.requests() == []
+    finally:
+        for path in (
+            "/consumer_groups/gold",
+            "/consumers/alice-k",
+            "/consumers/bob-k",
+            "/consumers/carl-k",
+            "/routes/keyed",
+            "/services/keyed",
+        ):
+            assert admin.delete(path).status_code == 204
+    # Deleting the consumers and the group deleted their plugins; the route took its own.
+    remaining = {p["id"] for p in admin.get("/plugins", params={"size": 1000}).json()["data"]}
+    assert remaining.isdisjoint(plugins)
 
 
 def test_crud_of_services_routes_consumers_and_credentials(admin: httpx.Client) -> None:
