@@ -794,3 +794,10 @@ plugins:
     assert plan.retries == 2
     assert plan.targets[0].options.max_tokens == 512
     assert plan.targets[0].options.temperature == 0.5
+
+
+def test_a_kong_yaml_with_only_consumers_is_read_as_one() -> None:
+    doc = parse_document(
+        "consumers:\n- username: alice\n  keyauth_credentials: [{key: k-alice-0001}]\n", {}
+    )
+    assert [c.username for c in doc.consumers] == ["alice"]
