@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -27,7 +28,6 @@ from tests.integration.test_proxy_e2e import (
     Mock,
     Proxy,
     messages,
-    running_proxy,
     store_url_for,
     target,
 )
@@ -36,10 +36,6 @@ from tests.support import free_port, start_proxy, tokenlb_command
 SEED = Path(__file__).resolve().parents[1] / "data" / "seed"
 ADMIN_TOKEN = "tok-admin-6d1f0c9e2b7a4455"
 KINDS = ("services", "routes", "consumers", "consumer_groups", "plugins")
-#: Consumer and consumer-group scopes compile once the consumers work is merged.
-NEEDS_CONSUMERS = pytest.mark.xfail(
-    strict=True, reason="consumer / consumer-group plugin scopes land with the consumers branch"
-)
 
 
 def seed_body() -> dict[str, Any]:
@@ -72,8 +68,15 @@ def proxy(
     service = {"name": "base-service", "url": mock.url, "routes": [base]}
     config = tmp_path_factory.mktemp("admin") / "kong.yaml"
     config.write_text(yaml.safe_dump({"_format_version": "3.0", "services": [service]}))
-    with running_proxy(process_logs, config, admin_store_url) as running:
-        yield running
+    # OPENAI_API_KEY: what a ``{vault://env/OPENAI_API_KEY}`` reference resolves to.
+    env = {"DECK_OPENAI_API_KEY": KEY, "OPENAI_API_KEY": KEY}
+    process, port, admin_port = start_proxy(
+        process_logs, config, redis_url=admin_store_url, env=env
+    )
+    try:
+        yield Proxy(process, port, admin_port, config)
+    finally:
+        process.stop()
 
 
 @pytest.fixture
@@ -145,10 +148,8 @@ def assert_seed_plugin(plugin: dict[str, Any]) -> None:
         ("/plugins/", None, None),
         ("/services/openai-chat/plugins/", "service", "openai-chat"),
         ("/routes/openai-chat-route/plugins/", "route", "openai-chat-route"),
-        pytest.param("/consumers/alice/plugins/", "consumer", "alice", marks=NEEDS_CONSUMERS),
-        pytest.param(
-            "/consumer_groups/premium/plugins/", "consumer_group", "premium", marks=NEEDS_CONSUMERS
-        ),
+        pytest.param("/consumers/alice/plugins/", "consumer", "alice"),
+        pytest.param("/consumer_groups/premium/plugins/", "consumer_group", "premium"),
     ],
 )
 @pytest.mark.usefixtures("scope_entities")
@@ -182,7 +183,6 @@ def test_a_patch_changes_what_the_proxy_serves(
     created(admin.post("/services", json={"name": "served", "url": mock.url}))
     created(admin.post("/services/served/routes", json={"name": "seed", "paths": ["/seed"]}))
     plugin = created(admin.post("/routes/seed/plugins", json=seed_body()))
-    client = proxy.client("seed")
     try:
         for model in ("patched-model-1", "patched-model-2"):
             patch = {"config": {"targets": [target(model, mock.chat_url)]}}
@@ -193,13 +193,93 @@ def test_a_patch_changes_what_the_proxy_serves(
             assert body["config"]["balancer"]["algorithm"] == "lowest-usage"  # merged, kept
             assert body["updated_at"] >= plugin["created_at"]
             mock.reset()
-            reply = client.chat.completions.create(model=model, messages=messages())
+            with proxy.client("seed") as client:
+                reply = client.chat.completions.create(model=model, messages=messages())
             assert reply.model == model
             assert [r["body"]["model"] for r in mock.requests()] == [model]
     finally:
         assert admin.delete("/routes/seed").status_code == 204
         assert admin.delete("/services/served").status_code == 204
     assert admin.get(f"/plugins/{plugin['id']}").status_code == 404  # deleted with its route
+
+
+def keyed_client(proxy: Proxy, key: str | None) -> openai.OpenAI:
+    """An SDK client for the ``/keyed`` route sending ``key`` in key-auth's header."""
+    headers = {"apikey": key} if key is not None else {}
+    return openai.OpenAI(
+        base_url=f"{proxy.url}/keyed/v1",
+        api_key="sdk-placeholder",  # sent as Authorization, which key-auth does not read
+        default_headers=headers,
+        max_retries=0,
+        timeout=15,
+    )
+
+
+def targets_body(model: str, mock: Mock) -> dict[str, Any]:
+    body = seed_body()
+    body["config"]["targets"] = [target(model, mock.chat_url)]
+    body["config"]["targets"][0]["auth"]["header_value"] = f"Bearer {KEY}"
+    return body
+
+
+def test_plugins_scoped_through_the_api_serve_their_consumers(
+    admin: httpx.Client, proxy: Proxy, mock: Mock
+) -> None:
+    """key-auth on a route; the route's plugin for anyone, alice's own plugin for alice,
+    the gold group's plugin for bob (Kong's precedence: consumer, group, route)."""
+    created(admin.post("/services", json={"name": "keyed", "url": mock.url}))
+    created(admin.post("/services/keyed/routes", json={"name": "keyed", "paths": ["/keyed"]}))
+    key_auth = created(admin.post("/routes/keyed/plugins", json={"name": "key-auth"}))
+    assert key_auth["config"]["key_names"] == ["apikey"]  # Kong's default, filled in
+    plugins = [key_auth["id"]]
+    plugins.append(
+        created(admin.post("/routes/keyed/plugins", json=targets_body("route-model", mock)))["id"]
+    )
+    for name in ("alice", "bob", "carl"):
+        created(admin.post("/consumers", json={"username": f"{name}-k"}))
+        created(admin.post(f"/consumers/{name}-k/key-auth", json={"key": f"{name}-key-0123456"}))
+    plugins.append(
+        created(admin.post("/consumers/alice-k/plugins", json=targets_body("alice-model", mock)))[
+            "id"
+        ]
+    )
+    created(admin.post("/consumer_groups", json={"name": "gold"}))
+    assert (
+        admin.post("/consumer_groups/gold/consumers", json={"consumer": "bob-k"}).status_code == 201
+    )
+    plugins.append(
+        created(admin.post("/consumer_groups/gold/plugins", json=targets_body("gold-model", mock)))[
+            "id"
+        ]
+    )
+    try:
+        for name, model in (
+            ("alice", "alice-model"),
+            ("bob", "gold-model"),
+            ("carl", "route-model"),
+        ):
+            mock.reset()
+            with keyed_client(proxy, f"{name}-key-0123456") as client:
+                reply = client.chat.completions.create(model=model, messages=messages())
+            assert reply.model == model
+            assert [r["body"]["model"] for r in mock.requests()] == [model]
+        mock.reset()
+        with keyed_client(proxy, None) as client, pytest.raises(openai.AuthenticationError):
+            client.chat.completions.create(model="route-model", messages=messages())
+        assert mock.requests() == []
+    finally:
+        for path in (
+            "/consumer_groups/gold",
+            "/consumers/alice-k",
+            "/consumers/bob-k",
+            "/consumers/carl-k",
+            "/routes/keyed",
+            "/services/keyed",
+        ):
+            assert admin.delete(path).status_code == 204
+    # Deleting the consumers and the group deleted their plugins; the route took its own.
+    remaining = {p["id"] for p in admin.get("/plugins", params={"size": 1000}).json()["data"]}
+    assert remaining.isdisjoint(plugins)
 
 
 def test_crud_of_services_routes_consumers_and_credentials(admin: httpx.Client) -> None:
@@ -372,18 +452,42 @@ def test_a_schema_violation_names_the_plugins_own_fields(admin: httpx.Client) ->
     assert answer["message"].startswith("2 schema violations (config.balancer.algorithm: ")
 
 
-def test_a_secret_reference_is_returned_as_written(admin: httpx.Client, proxy: Proxy) -> None:
-    created(admin.post("/services", json={"name": "vaulted", "url": "http://v"}))
+def vaulted_plugin(admin: httpx.Client, mock: Mock) -> dict[str, Any]:
+    """The seed body on a new route, its targets on the mock with the key referenced."""
+    created(admin.post("/services", json={"name": "vaulted", "url": mock.url}))
     created(admin.post("/services/vaulted/routes", json={"name": "vaulted", "paths": ["/vaulted"]}))
     body = seed_body()
     for entry in body["config"]["targets"]:
         entry["auth"]["header_value"] = "Bearer {vault://env/OPENAI_API_KEY}"
-    plugin = created(admin.post("/routes/vaulted/plugins", json=body))
-    fetched = admin.get(f"/plugins/{plugin['id']}").text
-    assert "Bearer {vault://env/OPENAI_API_KEY}" in fetched
-    assert KEY not in fetched
+        entry["model"]["options"]["upstream_url"] = mock.chat_url
+    return created(admin.post("/routes/vaulted/plugins", json=body))
+
+
+@pytest.fixture
+def cleanup_vaulted(admin: httpx.Client) -> Iterator[None]:
+    yield
     for path in ("/routes/vaulted", "/services/vaulted"):
         assert admin.delete(path).status_code == 204
+
+
+@pytest.mark.usefixtures("cleanup_vaulted")
+def test_a_secret_reference_is_returned_as_written(admin: httpx.Client, mock: Mock) -> None:
+    plugin = vaulted_plugin(admin, mock)
+    for text in (json.dumps(plugin), admin.get(f"/plugins/{plugin['id']}").text):
+        assert "Bearer {vault://env/OPENAI_API_KEY}" in text
+        assert KEY not in text
+
+
+@pytest.mark.usefixtures("cleanup_vaulted")
+def test_a_secret_reference_serves_with_the_secrets_value(
+    admin: httpx.Client, proxy: Proxy, mock: Mock
+) -> None:
+    vaulted_plugin(admin, mock)
+    mock.reset()
+    # The mock only answers requests carrying KEY: the reference was resolved.
+    with proxy.client("vaulted") as client:
+        reply = client.chat.completions.create(model="gpt-4", messages=messages())
+    assert reply.model == "gpt-4"
 
 
 # ----------------------------------------------------------------------- security

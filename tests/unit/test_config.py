@@ -140,29 +140,48 @@ def test_route_kong_yaml_applies_to_that_route() -> None:
     assert served_by(gateway, "/openai/v1/chat/completions") is plan
 
 
-@pytest.mark.parametrize(
-    ("name", "field"),
-    [("kong-consumer.yaml", "consumer"), ("kong-consumer-group.yaml", "consumer_group")],
-)
-def test_consumer_scopes_are_rejected_as_not_supported_yet(name: str, field: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        load_seed(name)
-    # Exactly this one error: no follow-on noise about scopes or missing plugins.
-    [error] = info.value.errors
-    assert error.path == f"plugins[0].{field}"
-    assert "not supported yet" in error.message
+def test_consumer_kong_yaml_serves_that_consumer_only() -> None:
+    gateway = load_seed("kong-consumer.yaml")
+    plan = only_plan(gateway)
+    assert_seed_balancer(plan)
+    assert plan.balancer_id == "consumer:alice"
+    [rule] = gateway.routes
+    # Nobody identified: no plugin applies; alice: hers.
+    assert rule.plan is None
+    assert dict(rule.consumer_plans) == {"alice": plan}
+
+
+def test_consumer_group_kong_yaml_serves_the_groups_members() -> None:
+    text = (SEED / "kong-consumer-group.yaml").read_text()
+    doc = yaml.safe_load(text)
+    doc["consumers"] = [{"username": "bob", "groups": [{"name": "premium"}]}, {"username": "eve"}]
+    gateway = compile_doc(doc)
+    plan = only_plan(gateway)
+    assert_seed_balancer(plan)
+    assert plan.balancer_id == "consumer_group:premium"
+    [rule] = gateway.routes
+    assert rule.plan is None
+    assert dict(rule.consumer_plans) == {"bob": plan}
 
 
 def test_consumer_scoped_plugin_does_not_clash_with_the_global_one() -> None:
     doc = global_doc()
-    doc["plugins"].append({**copy.deepcopy(doc["plugins"][0]), "consumer": "alice"})
+    doc["plugins"].append(
+        {**copy.deepcopy(doc["plugins"][0]), "consumer": "alice", "config": config_for("m")}
+    )
     doc["consumers"] = [{"username": "alice"}]
-    assert [e.path for e in errors_of(doc)] == ["plugins[1].consumer"]
-    doc["plugins"][1]["config"]["balancer"]["algorithm"] = "semantic"
-    assert [e.path for e in errors_of(doc)] == [
-        "plugins[1].consumer",
-        "plugins[1].config.balancer.algorithm",
-    ]
+    gateway = compile_doc(doc)
+    [rule] = gateway.routes
+    assert rule.plan is not None
+    assert rule.plan.balancer_id == "global"
+    assert rule.consumer_plans["alice"].balancer_id == "consumer:alice"
+
+
+def test_an_empty_config_compiles_to_a_route_without_a_plugin() -> None:
+    # Where the Admin API starts from: Kong accepts it, and so does tokenlb.
+    gateway = compile_doc({"_format_version": "3.0", "services": [{"name": "s"}]})
+    assert gateway.balancers == ()
+    assert served_by(gateway, "/v1/chat/completions") is None
 
 
 def test_admin_api_body_compiles_as_a_global_plugin() -> None:
@@ -655,15 +674,14 @@ def test_identical_targets_get_distinct_stable_ids() -> None:
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
-        ({"id": "0d3b5a4e-1111-2222-3333-444455556666"}, "0d3b5a4e-1111-2222-3333-444455556666"),
+        # Never the plugin's uuid: a plugin deleted and re-created keeps its usage.
+        ({"id": "0d3b5a4e-1111-2222-3333-444455556666"}, "global"),
         ({"instance_name": "openai-lb"}, "openai-lb"),
-        ({"id": "plugin-id", "instance_name": "openai-lb"}, "plugin-id"),
+        ({"id": "plugin-id", "instance_name": "openai-lb"}, "openai-lb"),
         ({}, "global"),
     ],
 )
-def test_balancer_id_is_plugin_id_then_instance_name_then_scope(
-    entry: dict[str, str], expected: str
-) -> None:
+def test_balancer_id_is_instance_name_then_scope(entry: dict[str, str], expected: str) -> None:
     doc = global_doc()
     doc["plugins"][0].update(entry)
     plan = only_plan(compile_doc(doc))
@@ -776,3 +794,10 @@ plugins:
     assert plan.retries == 2
     assert plan.targets[0].options.max_tokens == 512
     assert plan.targets[0].options.temperature == 0.5
+
+
+def test_a_kong_yaml_with_only_consumers_is_read_as_one() -> None:
+    doc = parse_document(
+        "consumers:\n- username: alice\n  keyauth_credentials: [{key: k-alice-0001}]\n", {}
+    )
+    assert [c.username for c in doc.consumers] == ["alice"]

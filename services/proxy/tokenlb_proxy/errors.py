@@ -4,6 +4,7 @@
     ├── InvalidRequest              (400 invalid_request_error)
     │   ├── BodyTooLarge            (413)
     │   └── StreamingDenied         (400)
+    ├── Unauthorized                (401, Kong's {"message"} body: key-auth refused)
     ├── RouteNotFound               (404 not_found_error)
     ├── NoTargetAvailable           (503 service_unavailable)
     ├── BudgetExhausted             (429 tokens | requests)
@@ -11,7 +12,9 @@
         └── UpstreamTimeout         (504)
 
 Every error leaves the gateway as ``{"error": {"message", "type", "param", "code"}}``, the
-shape the OpenAI SDKs parse, so clients see a readable exception instead of a crash.
+shape the OpenAI SDKs parse, so clients see a readable exception instead of a crash; except
+``Unauthorized``, which answers exactly as Kong's key-auth does (``{"message": ...}``), the
+body Kong clients check for.
 Messages reuse Kong's wording where Kong has one.
 """
 
@@ -27,6 +30,7 @@ __all__ = [
     "ProxyError",
     "RouteNotFound",
     "StreamingDenied",
+    "Unauthorized",
     "UpstreamFailed",
     "UpstreamTimeout",
     "error_body",
@@ -91,6 +95,21 @@ class BodyTooLarge(InvalidRequest):
 
 class StreamingDenied(InvalidRequest):
     code = "streaming_not_enabled"
+
+
+class _KongMessage(msgspec.Struct):
+    message: str
+
+
+class Unauthorized(ProxyError):
+    """key-auth refused the request (no key, an unknown key, a key given twice)."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+    def body(self) -> bytes:
+        return _encoder.encode(_KongMessage(self.message))
 
 
 class RouteNotFound(ProxyError):

@@ -7,6 +7,7 @@ headers, target ids, timeouts, Redis keys), so the hot path only reads attribute
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,15 @@ if TYPE_CHECKING:
     # (config.compile imports this module), breaking `import tokenlb_proxy.plan`.
     from tokenlb_proxy.config.plugin import ModelOptions
 
-__all__ = ["BalancerPlan", "Gateway", "RouteRule", "UpstreamTarget"]
+__all__ = [
+    "BalancerPlan",
+    "ConsumerIdentity",
+    "Credential",
+    "Gateway",
+    "KeyAuthPlan",
+    "RouteRule",
+    "UpstreamTarget",
+]
 
 OPENAI_CHAT_URL = "https://api.openai.com/v1/chat/completions"
 
@@ -111,8 +120,58 @@ class BalancerPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsumerIdentity:
+    """A consumer, as the request path needs it once a key identified it."""
+
+    #: How plugin scopes name it (username, else id); keys ``RouteRule.consumer_plans``.
+    key: str
+    id: str | None
+    username: str | None
+    custom_id: str | None
+    #: Names of its consumer groups, sorted: with plugins on two groups the first name wins.
+    groups: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Credential:
+    """A key-auth credential: the key (a secret) and whom it identifies."""
+
+    key: bytes
+    consumer: ConsumerIdentity
+    #: Kong's ``X-Consumer-*`` / ``X-Credential-Identifier`` headers for the upstream call.
+    upstream_headers: tuple[tuple[str, str], ...]
+
+    def __repr__(self) -> str:
+        # The key never reaches a log through a repr.
+        return f"Credential(consumer={self.consumer.key!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAuthPlan:
+    """One ``key-auth`` plugin instance, compiled."""
+
+    #: ``key_names`` as configured (query parameters are case-sensitive) and lower-cased
+    #: (header names are not).
+    key_names: tuple[str, ...]
+    header_names: tuple[str, ...]
+    in_header: bool
+    in_query: bool
+    hide_credentials: bool
+    run_on_preflight: bool
+    #: The ``WWW-Authenticate`` value of a 401.
+    challenge: str
+    #: Who a request whose authentication failed is served as (None: it gets a 401).
+    anonymous: ConsumerIdentity | None
+    anonymous_headers: tuple[tuple[str, str], ...]
+    #: sha256(key) -> credential, shared by every key-auth plugin of the config. The digest
+    #: finds the credential without comparing keys byte by byte; the key is then checked
+    #: with ``hmac.compare_digest``.
+    credentials: Mapping[bytes, Credential] = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class RouteRule:
-    """A route, ready to match requests, with the plugin that applies to it."""
+    """A route, ready to match requests, with the plugins that apply to it."""
 
     name: str
     service: str | None
@@ -123,7 +182,22 @@ class RouteRule:
     wildcard_hosts: tuple[tuple[str, str], ...]
     headers: tuple[tuple[str, frozenset[str]], ...]
     regex_priority: int
+    #: The ai-proxy-advanced plugin when no consumer is identified (route+service, route,
+    #: service or global scope, in Kong's order).
     plan: BalancerPlan | None
+    #: Consumer key -> the plugin serving that consumer here, for the consumers a consumer
+    #: or consumer-group scoped plugin beats ``plan`` for (Kong's precedence, resolved when
+    #: the config loads). Empty when the config has no such plugin: then a request pays one
+    #: failed dict lookup at most.
+    consumer_plans: Mapping[str, BalancerPlan] = field(default_factory=dict)
+    #: The key-auth plugin that applies (route+service, route, service, global), if any.
+    key_auth: KeyAuthPlan | None = None
+
+    def plan_for(self, consumer: ConsumerIdentity | None) -> BalancerPlan | None:
+        """The ai-proxy-advanced plugin serving ``consumer`` (None: nobody identified)."""
+        if consumer is None:
+            return self.plan
+        return self.consumer_plans.get(consumer.key, self.plan)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ import httpx
 from litestar import Request, Response
 from litestar.response import Stream
 
+from tokenlb_proxy.auth import NOBODY, Authenticated, HiddenHeaders, authenticate
 from tokenlb_proxy.chat import ParsedRequest, parse_chat_request, upstream_body
 from tokenlb_proxy.errors import (
     BodyTooLarge,
@@ -39,6 +40,7 @@ from tokenlb_proxy.routing import match_route
 from tokenlb_proxy.stats_log import write_kong_log
 from tokenlb_proxy.store.base import Algorithm, Candidate, Selection, Settlement, UsageStore
 from tokenlb_proxy.tracecontext import TraceContext, new_span_id, parse_traceparent
+from tokenlb_proxy.transport import AiohttpTransport
 from tokenlb_proxy.upstream import (
     StreamState,
     relay_stream,
@@ -71,6 +73,8 @@ class _Exchange:
 
     request: Request[Any, Any, Any]
     plan: BalancerPlan
+    #: The consumer key-auth identified, and the upstream headers that follow from it.
+    auth: Authenticated
     parsed: ParsedRequest
     stream: bool
     client_wants_usage: bool
@@ -119,14 +123,15 @@ class ProxyService:
         self,
         gateway: Gateway,
         store: UsageStore,
-        http: httpx.AsyncClient,
+        upstream: AiohttpTransport,
         metrics: ProxyMetrics | None = None,
         *,
         write_logs: bool = True,
     ) -> None:
         self.gateway = gateway
         self.store = store
-        self.http = http
+        #: The replica's one pooled upstream client (see transport.py).
+        self.upstream = upstream
         #: Write Kong's log line here (embedded store); with Redis the aggregator does.
         self.write_logs = write_logs
         self.metrics = metrics if metrics is not None else ProxyMetrics(gateway)
@@ -142,6 +147,14 @@ class ProxyService:
         if rule is None:
             raise RouteNotFound(NO_ROUTE)
         plan = rule.plan
+        auth = NOBODY
+        if rule.key_auth is not None:
+            # Before the body is read: a refused request costs no read, store call or
+            # upstream call.
+            auth = authenticate(
+                rule.key_auth, request.method, headers, lambda: request.query_params
+            )
+            plan = rule.plan_for(auth.consumer)
         if plan is None:
             raise RouteNotFound(f"no ai-proxy-advanced plugin applies to route {rule.name!r}")
         body = await _read_body(request, plan.max_request_body_size)
@@ -155,6 +168,7 @@ class ProxyService:
         exchange = _Exchange(
             request=request,
             plan=plan,
+            auth=auth,
             parsed=parsed,
             stream=stream,
             client_wants_usage=bool(
@@ -243,12 +257,13 @@ class ProxyService:
     async def _forward(self, exchange: _Exchange, attempt: _Attempt) -> Response[bytes]:
         target, plan = attempt.target, exchange.plan
         try:
-            response = await self.http.post(
+            response = await self.upstream.send(
                 target.url,
-                content=upstream_body(exchange.parsed, target, stream=False, want_usage=False),
+                body=upstream_body(exchange.parsed, target, stream=False, want_usage=False),
                 headers=self._upstream_headers(exchange, attempt),
                 params=upstream_params(target, exchange.request.query_params),
-                timeout=plan.timeout,
+                timeouts=plan.timeout,
+                stream=False,
             )
         except httpx.HTTPError as exc:
             raise await self._transport_failure(exchange, attempt, exc) from exc
@@ -280,16 +295,15 @@ class ProxyService:
         self, exchange: _Exchange, attempt: _Attempt
     ) -> Response[bytes] | Stream:
         target, plan = attempt.target, exchange.plan
-        upstream_request = self.http.build_request(
-            "POST",
-            target.url,
-            content=upstream_body(exchange.parsed, target, stream=True, want_usage=True),
-            headers=self._upstream_headers(exchange, attempt),
-            params=upstream_params(target, exchange.request.query_params),
-            timeout=plan.timeout,
-        )
         try:
-            response = await self.http.send(upstream_request, stream=True)
+            response = await self.upstream.send(
+                target.url,
+                body=upstream_body(exchange.parsed, target, stream=True, want_usage=True),
+                headers=self._upstream_headers(exchange, attempt),
+                params=upstream_params(target, exchange.request.query_params),
+                timeouts=plan.timeout,
+                stream=True,
+            )
         except httpx.HTTPError as exc:
             raise await self._transport_failure(exchange, attempt, exc) from exc
         headers = self._response_headers(exchange, target, response)
@@ -341,7 +355,13 @@ class ProxyService:
         )
 
     def _upstream_headers(self, exchange: _Exchange, attempt: _Attempt) -> dict[str, str]:
-        headers = upstream_headers(attempt.target, exchange.request.headers)
+        auth = exchange.auth
+        client: Mapping[str, str] = exchange.request.headers
+        if auth.hidden_headers:
+            client = HiddenHeaders(client, auth.hidden_headers)
+        headers = upstream_headers(attempt.target, client)
+        if auth.upstream_headers:
+            headers.update(auth.upstream_headers)
         # The upstream continues the trace under this attempt's span.
         headers["traceparent"] = exchange.trace.traceparent(attempt.span_id)
         return headers

@@ -101,10 +101,8 @@ class Runtime:
             max_keepalive_connections=settings.max_upstream_connections,
             keepalive_expiry=30,
         )
-        # httpx's API, aiohttp's I/O: see transport.py for why and what it bought.
-        self.http = httpx.AsyncClient(
-            transport=AiohttpTransport(limits), limits=limits, follow_redirects=False
-        )
+        # httpx's types, aiohttp's I/O, one pool: see transport.py for why.
+        self.upstream = AiohttpTransport(limits)
         self.metrics = ProxyMetrics(self.gateway)
         # The request path times its store calls through the wrapper (/status and
         # /metrics read the store itself). With Redis the aggregators write Kong's log
@@ -112,7 +110,7 @@ class Runtime:
         self.proxy = ProxyService(
             self.gateway,
             TimedStore(self.store, self.metrics),
-            self.http,
+            self.upstream,
             self.metrics,
             write_logs=not settings.redis_url,
         )
@@ -214,5 +212,5 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.proxy.drain()
-        await self.http.aclose()
+        await self.upstream.aclose()
         await self.store.close()

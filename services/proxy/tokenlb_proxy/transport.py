@@ -21,15 +21,24 @@ exceptions that stock httpx raises in the same situation:
 Response bodies are relayed as aiohttp receives them (``iter_any``), so an SSE stream
 stays chunk by chunk. aiohttp has no write timeout; ``connect``, ``read`` and ``pool``
 are honoured.
+
+The proxy calls ``send`` on one shared transport instead of going through an
+``httpx.AsyncClient``: the client's layers (building and re-parsing the URL, merging
+defaults, auth and redirect flows, a cookie jar, event hooks) cost about 40% of an upstream
+call's CPU and do nothing a gateway wants. Worse, a shared cookie jar would hand one
+caller's upstream cookies to the next caller's requests. ``send`` still speaks httpx
+(``httpx.Response``, httpx timeouts and exceptions); ``handle_async_request`` keeps the
+transport usable under a client.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx
+from yarl import URL
 
 __all__ = ["AiohttpTransport"]
 
@@ -54,6 +63,29 @@ def _httpx_error(exc: BaseException) -> httpx.TransportError:
 
 
 _MAPPED = (aiohttp.ClientError, asyncio.TimeoutError)
+#: Bound on the parse caches, in case URLs ever come from requests rather than config.
+_MAX_CACHED_URLS = 1024
+
+
+def _httpx_response(
+    response: aiohttp.ClientResponse,
+    request: httpx.Request | None,
+    *,
+    stream: httpx.AsyncByteStream | None = None,
+    content: bytes | None = None,
+) -> httpx.Response:
+    """httpx's response for aiohttp's: streaming from ``stream``, or read as ``content``."""
+    return httpx.Response(
+        status_code=response.status,
+        headers=response.raw_headers,
+        stream=stream,
+        content=content,
+        request=request,
+        extensions={
+            "http_version": b"HTTP/1.1",
+            "reason_phrase": (response.reason or "").encode(),
+        },
+    )
 
 
 class _ResponseStream(httpx.AsyncByteStream):
@@ -78,6 +110,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, limits: httpx.Limits) -> None:
         self._limits = limits
         self._session: aiohttp.ClientSession | None = None
+        # Parsed once per upstream URL and per timeout: the targets of a config are few.
+        self._urls: dict[str, URL] = {}
+        self._timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         # Created on first use: aiohttp sessions belong to the running event loop.
@@ -94,46 +129,92 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session
-        if session is None:
-            session = self._session = self._open()
-        timeouts = request.extensions.get("timeout", {})
-        headers = [
-            (name, value)
-            for name, value in request.headers.multi_items()
-            if name not in _COMPUTED_HEADERS
-        ]
         try:
             body = request.content
         except httpx.RequestNotRead:
             body = await request.aread()
+        response = await self._request(
+            request.method,
+            str(request.url),
+            [
+                (name, value)
+                for name, value in request.headers.multi_items()
+                if name not in _COMPUTED_HEADERS
+            ],
+            body,
+            self._timeout(request.extensions.get("timeout", {})),
+        )
+        return _httpx_response(response, request, stream=_ResponseStream(response))
+
+    async def send(
+        self,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        body: bytes,
+        params: Mapping[str, str],
+        timeouts: httpx.Timeout,
+        stream: bool,
+    ) -> httpx.Response:
+        """POST ``body`` to ``url`` (plus ``params``); the body read already unless
+        ``stream``, in which case the caller reads or closes the response."""
+        target = self._urls.get(url)
+        if target is None:
+            if len(self._urls) >= _MAX_CACHED_URLS:
+                self._urls.clear()
+            target = self._urls[url] = URL(url)
+        if params:
+            target = target.update_query(params)
+        response = await self._request(
+            "POST", target, headers, body, self._timeout(timeouts.as_dict())
+        )
+        if stream:
+            return _httpx_response(response, None, stream=_ResponseStream(response))
         try:
-            response = await session.request(
-                request.method,
-                str(request.url),
+            content = await response.read()
+        except _MAPPED as exc:
+            response.close()
+            raise _httpx_error(exc) from exc
+        finally:
+            response.release()
+        return _httpx_response(response, None, content=content)
+
+    async def _request(
+        self,
+        method: str,
+        url: str | URL,
+        headers: Mapping[str, str] | list[tuple[str, str]],
+        body: bytes,
+        timeouts: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        session = self._session
+        if session is None:
+            session = self._session = self._open()
+        try:
+            return await session.request(
+                method,
+                url,
                 headers=headers,
                 data=body or None,
                 allow_redirects=False,
                 compress=None,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeouts.get("pool"),
-                    sock_connect=timeouts.get("connect"),
-                    sock_read=timeouts.get("read"),
-                ),
+                timeout=timeouts,
             )
         except _MAPPED as exc:
             raise _httpx_error(exc) from exc
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=_ResponseStream(response),
-            request=request,
-            extensions={
-                "http_version": b"HTTP/1.1",
-                "reason_phrase": (response.reason or "").encode(),
-            },
-        )
+
+    def _timeout(self, timeouts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
+        """aiohttp's timeout for httpx's, made once per distinct value (one per balancer)."""
+        key = (timeouts.get("pool"), timeouts.get("connect"), timeouts.get("read"))
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            pool, connect, read = key
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=pool, sock_connect=connect, sock_read=read
+            )
+            if len(self._timeouts) < _MAX_CACHED_URLS:
+                self._timeouts[key] = timeout
+        return timeout
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -1,45 +1,48 @@
-"""Turning a decoded kong.yaml into a ``Gateway``: resolve references, scope plugins,
-validate each ``ai-proxy-advanced`` config, and precompute everything per target.
+"""Turning a decoded kong.yaml into a ``Gateway``: resolve references, place every plugin
+in its scope, validate each plugin's config, and precompute, per route, which plugin serves
+which consumer (Kong's precedence, ``scopes.py``), so a request does dict lookups only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from typing import cast
+from collections.abc import Mapping
+from dataclasses import dataclass
 
-import httpx
 import msgspec
 
-from tokenlb_proxy.config.declarative import (
-    DeclarativeConfig,
-    EntityRef,
-    PluginEntry,
-    Route,
-    Service,
-)
+from tokenlb_proxy.config.balancer import compile_balancer
+from tokenlb_proxy.config.consumers import People, compile_consumers, compile_key_auth
+from tokenlb_proxy.config.declarative import DeclarativeConfig, PluginEntry, Route, Service
 from tokenlb_proxy.config.errors import ConfigError, FieldError
-from tokenlb_proxy.config.loader import schema_errors
-from tokenlb_proxy.config.plugin import AiProxyAdvancedConfig, ModelOptions, Target
-from tokenlb_proxy.config.support import NOT_SUPPORTED, check_plugin_config
-from tokenlb_proxy.hashing import ConsistentHash
-from tokenlb_proxy.keys import balancer_keys
-from tokenlb_proxy.plan import OPENAI_CHAT_URL, BalancerPlan, Gateway, RouteRule, UpstreamTarget
-from tokenlb_proxy.store.base import Algorithm
+from tokenlb_proxy.config.plugins import AI_PROXY_ADVANCED, KEY_AUTH, PLUGIN_SCHEMAS
+from tokenlb_proxy.config.scopes import Scope, ref_value, resolve
+from tokenlb_proxy.config.secrets import SecretResolver
+from tokenlb_proxy.config.support import NOT_SUPPORTED
+from tokenlb_proxy.plan import BalancerPlan, ConsumerIdentity, Gateway, KeyAuthPlan, RouteRule
 
 __all__ = ["DEFAULT_CHAT_PATH", "compile_gateway"]
 
-PLUGIN_NAME = "ai-proxy-advanced"
 #: What a config without routes serves.
 DEFAULT_CHAT_PATH = "/v1/chat/completions"
 
-# A plugin's scope: (route key, service key); None is "any".
-_Scope = tuple[str | None, str | None]
+
+@dataclass(frozen=True)
+class _Placed:
+    entry: PluginEntry
+    path: str
 
 
-def compile_gateway(doc: DeclarativeConfig) -> Gateway:
-    """Compile ``doc`` or raise ``ConfigError`` listing every problem."""
+def compile_gateway(doc: DeclarativeConfig, environ: Mapping[str, str] | None = None) -> Gateway:
+    """Compile ``doc`` or raise ``ConfigError`` listing every problem.
+
+    ``environ`` (default: the process environment) resolves ``{vault://env/...}`` secret
+    references; no error message ever shows a resolved value.
+    """
     errors: list[FieldError] = []
+    secrets = SecretResolver(os.environ if environ is None else environ)
     services: dict[str, tuple[int, Service]] = {}
     for index, service in enumerate(doc.services):
         for ref in (service.id, service.name):
@@ -59,10 +62,10 @@ def compile_gateway(doc: DeclarativeConfig) -> Gateway:
         path = f"routes[{r_index}]"
         service_key = None
         if route.service is not None:
-            found = services.get(_ref_value(route.service))
+            found = services.get(ref_value(route.service))
             if found is None:
                 errors.append(
-                    FieldError(f"{path}.service", f"no service {_ref_value(route.service)!r}")
+                    FieldError(f"{path}.service", f"no service {ref_value(route.service)!r}")
                 )
             else:
                 service_key = _service_key(found[1], found[0])
@@ -77,85 +80,60 @@ def compile_gateway(doc: DeclarativeConfig) -> Gateway:
                     errors.append(FieldError(path, f"duplicate route name or id {ref!r}"))
                 route_keys[ref] = key
 
-    scoped: dict[_Scope, tuple[PluginEntry, str]] = {}
-
-    def add_plugin(
-        entry: PluginEntry, path: str, route_key: str | None, service_key: str | None
-    ) -> None:
-        if not entry.enabled:
-            return
-        if entry.name != PLUGIN_NAME:
-            errors.append(FieldError(f"{path}.name", f"plugin {entry.name!r} is {NOT_SUPPORTED}"))
-            return
-        # A plugin that cannot be placed still has its config checked, so one run of
-        # `tokenlb check` lists every problem, not just the scope or reference error.
-        placeable = True
-        for name in ("consumer", "consumer_group", "ordering"):
-            if getattr(entry, name) is not None:
-                errors.append(
-                    FieldError(f"{path}.{name}", f"{NOT_SUPPORTED} (plugin scope {name})")
-                )
-                placeable = placeable and name == "ordering"
-        if entry.route is not None:
-            route_key = route_keys.get(_ref_value(entry.route))
-            if route_key is None:
-                errors.append(FieldError(f"{path}.route", f"no route {_ref_value(entry.route)!r}"))
-                placeable = False
-        if entry.service is not None:
-            found = services.get(_ref_value(entry.service))
-            if found is None:
-                errors.append(
-                    FieldError(f"{path}.service", f"no service {_ref_value(entry.service)!r}")
-                )
-                placeable = False
-            else:
-                service_key = _service_key(found[1], found[0])
-        scope = (route_key, service_key)
-        if placeable and scope in scoped:
-            errors.append(
-                FieldError(
-                    path, f"a second {PLUGIN_NAME} plugin for the same scope as {scoped[scope][1]}"
-                )
-            )
-            placeable = False
-        if not placeable:
-            _compile_plugin(entry, path, scope, errors)
-            return
-        scoped[scope] = (entry, path)
-
+    people = compile_consumers(doc, secrets, errors)
+    placement = _Placement(services, route_keys, people, secrets, errors)
     for index, entry in enumerate(doc.plugins):
-        add_plugin(entry, f"plugins[{index}]", None, None)
+        placement.add(entry, f"plugins[{index}]", Scope())
     for s_index, service in enumerate(doc.services):
         for p_index, entry in enumerate(service.plugins):
-            add_plugin(
+            placement.add(
                 entry,
                 f"services[{s_index}].plugins[{p_index}]",
-                None,
-                _service_key(service, s_index),
+                Scope(service=_service_key(service, s_index)),
             )
     for index, (route, path, _) in enumerate(routes):
         for p_index, entry in enumerate(route.plugins):
-            add_plugin(entry, f"{path}.plugins[{p_index}]", _route_key(route, index), None)
+            placement.add(
+                entry, f"{path}.plugins[{p_index}]", Scope(route=_route_key(route, index))
+            )
+    for c_index, consumer in enumerate(doc.consumers):
+        owner = people.identities[c_index].key
+        for p_index, entry in enumerate(consumer.plugins):
+            placement.add(entry, f"consumers[{c_index}].plugins[{p_index}]", Scope(consumer=owner))
+    for g_index, group in enumerate(doc.consumer_groups):
+        for p_index, entry in enumerate(group.plugins):
+            placement.add(
+                entry, f"consumer_groups[{g_index}].plugins[{p_index}]", Scope(group=group.name)
+            )
 
-    plans: dict[_Scope, BalancerPlan] = {}
-    for scope, (entry, path) in scoped.items():
-        plan = _compile_plugin(entry, path, scope, errors)
+    plans: dict[Scope, BalancerPlan] = {}
+    for scope, placed in placement.balancers.items():
+        plan = compile_balancer(placed.entry, placed.path, scope, secrets, errors)
         if plan is not None:
             plans[scope] = plan
+    key_auths: dict[Scope, KeyAuthPlan] = {}
+    for scope, placed in placement.key_auths.items():
+        key_auth = compile_key_auth(placed.entry, placed.path, people, secrets, errors)
+        if key_auth is not None:
+            key_auths[scope] = key_auth
 
+    # Only consumers that a consumer or consumer-group scoped plugin names can be served
+    # by anything but a route's ``plan``.
+    scoped_consumers = {s.consumer for s in plans if s.consumer is not None}
+    scoped_groups = {s.group for s in plans if s.group is not None}
+    candidates = [
+        identity
+        for identity in people.identities
+        if identity.key in scoped_consumers or scoped_groups.intersection(identity.groups)
+    ]
     rules: list[RouteRule] = []
     for index, (route, path, service_key) in enumerate(routes):
-        rule = _compile_route(route, path, index, service_key, plans, errors)
+        rule = _compile_route(route, path, index, service_key, plans, key_auths, candidates, errors)
         if rule is not None:
             rules.append(rule)
     if not routes:
-        global_plan = plans.get((None, None))
-        if global_plan is None and not errors:
-            errors.append(
-                FieldError(
-                    "plugins", f"no routes and no global {PLUGIN_NAME} plugin: nothing to serve"
-                )
-            )
+        # Even with no plugin at all: an empty config is where the Admin API starts from,
+        # and Kong accepts it (requests then get a 404 naming the route).
         rules.append(
             RouteRule(
                 name="default",
@@ -167,120 +145,148 @@ def compile_gateway(doc: DeclarativeConfig) -> Gateway:
                 wildcard_hosts=(),
                 headers=(),
                 regex_priority=0,
-                plan=global_plan,
+                plan=resolve(plans, None, None),
+                consumer_plans=_consumer_plans(plans, None, None, candidates),
+                key_auth=resolve(key_auths, None, None),
             )
         )
     if errors:
-        raise ConfigError(errors)
+        raise ConfigError(errors).redacted(secrets.values)
     version = hashlib.sha256(msgspec.json.encode(doc)).hexdigest()[:12]
     return Gateway(routes=tuple(rules), balancers=tuple(plans.values()), version=version)
 
 
-def _compile_plugin(
-    entry: PluginEntry, path: str, scope: _Scope, errors: list[FieldError]
-) -> BalancerPlan | None:
-    cpath = f"{path}.config"
-    try:
-        config = msgspec.convert(entry.config, AiProxyAdvancedConfig)
-    except msgspec.ValidationError:
-        errors.extend(schema_errors(entry.config, AiProxyAdvancedConfig, cpath))
-        return None
-    problems = check_plugin_config(config, cpath)
-    if problems:
-        errors.extend(problems)
-        return None
-    balancer = config.balancer
-    targets = _compile_targets(config.targets)
-    by_model: dict[str, list[int]] = {}
-    for target in targets:
-        for name in target.names():
-            by_model.setdefault(name, []).append(target.index)
-    balancer_id = entry.id or entry.instance_name or _scope_name(scope)
-    # check_plugin_config admitted only the algorithms the store implements.
-    algorithm = cast(Algorithm, balancer.algorithm)
-    return BalancerPlan(
-        balancer_id=balancer_id,
-        keys=balancer_keys(balancer_id),
-        algorithm=algorithm,
-        tokens_count_strategy=balancer.tokens_count_strategy,
-        half_life_ms=max(1, round(balancer.usage_half_life * 1000)),
-        retries=balancer.retries,
-        timeout=httpx.Timeout(
-            connect=balancer.connect_timeout / 1000,
-            write=balancer.write_timeout / 1000,
-            read=balancer.read_timeout / 1000,
-            pool=balancer.connect_timeout / 1000,
-        ),
-        failover_criteria=frozenset(balancer.failover_criteria),
-        response_streaming=config.response_streaming,
-        max_request_body_size=config.max_request_body_size,
-        model_name_header=config.model_name_header,
-        targets=targets,
-        by_model={name: tuple(indexes) for name, indexes in by_model.items()},
-        max_fails=balancer.max_fails,
-        fail_timeout_ms=balancer.fail_timeout,
-        lease_ms=balancer.connect_timeout + balancer.write_timeout + balancer.read_timeout,
-        hash_on_header=balancer.hash_on_header.lower(),
-        latency_strategy=balancer.latency_strategy,
-        hashing=(
-            ConsistentHash([(t.target_id, t.weight) for t in targets], balancer.slots)
-            if algorithm == "consistent-hashing"
-            else None
-        ),
-    )
+class _Placement:
+    """Puts each plugin entry in its scope, reporting what cannot be placed.
 
+    A plugin that cannot be placed still has its config checked, so one run of
+    ``tokenlb check`` lists every problem, not just the scope or reference error.
+    """
 
-def _compile_targets(targets: tuple[Target, ...]) -> tuple[UpstreamTarget, ...]:
-    compiled: list[UpstreamTarget] = []
-    seen: dict[str, int] = {}
-    # Kong's priority groups: equal weights form a group, the heaviest group first.
-    tiers = {weight: tier for tier, weight in enumerate(sorted({t.weight for t in targets})[::-1])}
-    for index, target in enumerate(targets):
-        options = target.model.options or ModelOptions()
-        url = options.upstream_url or OPENAI_CHAT_URL
-        identity = f"{target.model.provider}|{target.model.name or ''}|{url}"
-        target_id = hashlib.sha256(identity.encode()).hexdigest()[:12]
-        # Two targets for the same model and URL (say, two API keys) stay apart by order.
-        seen[target_id] = seen.get(target_id, 0) + 1
-        if seen[target_id] > 1:
-            target_id = f"{target_id}-{seen[target_id]}"
-        auth, limits = target.auth, target.limits
-        headers: tuple[tuple[str, str], ...] = ()
-        query: tuple[tuple[str, str], ...] = ()
-        body: tuple[tuple[str, str], ...] = ()
-        if auth is not None:
-            if auth.header_name and auth.header_value is not None:
-                headers = ((auth.header_name.lower(), auth.header_value),)
-            if auth.param_name and auth.param_value is not None:
-                pair = ((auth.param_name, auth.param_value),)
-                if auth.param_location == "query":
-                    query = pair
-                else:
-                    body = pair
-        compiled.append(
-            UpstreamTarget(
-                index=index,
-                target_id=target_id,
-                provider=target.model.provider,
-                model_name=target.model.name,
-                model_alias=target.model.model_alias,
-                url=url,
-                weight=target.weight,
-                options=options,
-                auth_headers=headers,
-                auth_query=query,
-                auth_body=body,
-                allow_override=auth.allow_override if auth is not None else False,
-                input_cost=options.input_cost,
-                output_cost=options.output_cost,
-                log_statistics=target.logging.log_statistics,
-                log_payloads=target.logging.log_payloads,
-                priority_tier=tiers[target.weight],
-                tokens_per_minute=(limits.tokens_per_minute or 0) if limits else 0,
-                requests_per_minute=(limits.requests_per_minute or 0) if limits else 0,
+    def __init__(
+        self,
+        services: dict[str, tuple[int, Service]],
+        route_keys: dict[str, str],
+        people: People,
+        secrets: SecretResolver,
+        errors: list[FieldError],
+    ) -> None:
+        self._services = services
+        self._route_keys = route_keys
+        self._people = people
+        self._secrets = secrets
+        self._errors = errors
+        self._instance_names: dict[str, str] = {}
+        self.balancers: dict[Scope, _Placed] = {}
+        self.key_auths: dict[Scope, _Placed] = {}
+
+    def add(self, entry: PluginEntry, path: str, implied: Scope) -> None:
+        """Place ``entry``, found at ``path`` nested in the ``implied`` scope."""
+        if not entry.enabled:
+            return
+        errors = self._errors
+        if entry.name not in PLUGIN_SCHEMAS:
+            errors.append(FieldError(f"{path}.name", f"plugin {entry.name!r} is {NOT_SUPPORTED}"))
+            return
+        scope, placeable = self._scope(entry, path, implied)
+        if entry.ordering is not None:
+            errors.append(FieldError(f"{path}.ordering", f"{NOT_SUPPORTED} (plugin ordering)"))
+        if entry.instance_name is not None:
+            other = self._instance_names.setdefault(entry.instance_name, path)
+            if other != path:
+                errors.append(
+                    FieldError(
+                        f"{path}.instance_name",
+                        f"duplicate instance_name {entry.instance_name!r} (also {other})",
+                    )
+                )
+                placeable = False
+        table = self.balancers if entry.name == AI_PROXY_ADVANCED else self.key_auths
+        if placeable and scope in table:
+            errors.append(
+                FieldError(
+                    path, f"a second {entry.name} plugin for the same scope as {table[scope].path}"
+                )
             )
-        )
-    return tuple(compiled)
+            placeable = False
+        if placeable:
+            table[scope] = _Placed(entry, path)
+        elif entry.name == AI_PROXY_ADVANCED:
+            compile_balancer(entry, path, scope, self._secrets, errors)
+        else:
+            compile_key_auth(entry, path, self._people, self._secrets, errors)
+
+    def _scope(self, entry: PluginEntry, path: str, implied: Scope) -> tuple[Scope, bool]:
+        errors = self._errors
+        consumer, group, route, service = implied
+        placeable = True
+        if entry.route is not None:
+            route = self._route_keys.get(ref_value(entry.route))
+            if route is None:
+                errors.append(FieldError(f"{path}.route", f"no route {ref_value(entry.route)!r}"))
+                placeable = False
+        if entry.service is not None:
+            found = self._services.get(ref_value(entry.service))
+            if found is None:
+                errors.append(
+                    FieldError(f"{path}.service", f"no service {ref_value(entry.service)!r}")
+                )
+                placeable = False
+            else:
+                service = _service_key(found[1], found[0])
+        if entry.consumer is not None:
+            identity = self._people.consumer(entry.consumer)
+            if identity is None:
+                errors.append(
+                    FieldError(f"{path}.consumer", f"no consumer {ref_value(entry.consumer)!r}")
+                )
+                placeable = False
+            else:
+                consumer = identity.key
+        if entry.consumer_group is not None:
+            group = self._people.group(entry.consumer_group)
+            if group is None:
+                errors.append(
+                    FieldError(
+                        f"{path}.consumer_group",
+                        f"no consumer group {ref_value(entry.consumer_group)!r}",
+                    )
+                )
+                placeable = False
+        if entry.name == KEY_AUTH:
+            # Kong's key-auth schema: `consumer = typedefs.no_consumer`; it identifies
+            # consumers, so it cannot depend on one.
+            for name, key in (("consumer", consumer), ("consumer_group", group)):
+                if key is not None or getattr(entry, name) is not None:
+                    errors.append(
+                        FieldError(f"{path}.{name}", f"value must be null for {KEY_AUTH}")
+                    )
+                    placeable = False
+        elif consumer is not None and group is not None:
+            errors.append(
+                FieldError(
+                    path, "a plugin cannot be scoped to both a consumer and a consumer group"
+                )
+            )
+            placeable = False
+        return Scope(consumer, group, route, service), placeable
+
+
+def _consumer_plans(
+    plans: dict[Scope, BalancerPlan],
+    route_key: str | None,
+    service_key: str | None,
+    candidates: list[ConsumerIdentity],
+) -> dict[str, BalancerPlan]:
+    """The consumers a consumer or group scoped plugin serves on this route, instead of the
+    route's own plan."""
+    base = resolve(plans, route_key, service_key)
+    result: dict[str, BalancerPlan] = {}
+    for identity in candidates:
+        plan = resolve(plans, route_key, service_key, identity.key, identity.groups)
+        if plan is not None and plan is not base:
+            result[identity.key] = plan
+    return result
 
 
 def _compile_route(
@@ -288,7 +294,9 @@ def _compile_route(
     path: str,
     index: int,
     service_key: str | None,
-    plans: dict[_Scope, BalancerPlan],
+    plans: dict[Scope, BalancerPlan],
+    key_auths: dict[Scope, KeyAuthPlan],
+    candidates: list[ConsumerIdentity],
     errors: list[FieldError],
 ) -> RouteRule | None:
     if not (route.paths or route.hosts or route.methods or route.headers):
@@ -318,12 +326,6 @@ def _compile_route(
         else:
             hosts.add(host)
     route_key = _route_key(route, index)
-    plan = (
-        plans.get((route_key, service_key))
-        or plans.get((route_key, None))
-        or (plans.get((None, service_key)) if service_key else None)
-        or plans.get((None, None))
-    )
     return RouteRule(
         name=route.name or route.id or f"route#{index}",
         service=service_key,
@@ -337,14 +339,10 @@ def _compile_route(
             for name, values in (route.headers or {}).items()
         ),
         regex_priority=route.regex_priority,
-        plan=plan,
+        plan=resolve(plans, route_key, service_key),
+        consumer_plans=_consumer_plans(plans, route_key, service_key, candidates),
+        key_auth=resolve(key_auths, route_key, service_key),
     )
-
-
-def _ref_value(ref: EntityRef) -> str:
-    if isinstance(ref, str):
-        return ref
-    return ref.get("id") or ref.get("name") or ""
 
 
 def _service_key(service: Service, index: int) -> str:
@@ -353,12 +351,3 @@ def _service_key(service: Service, index: int) -> str:
 
 def _route_key(route: Route, index: int) -> str:
     return route.name or route.id or f"route#{index}"
-
-
-def _scope_name(scope: _Scope) -> str:
-    route_key, service_key = scope
-    parts = [
-        f"route:{route_key}" if route_key else "",
-        f"service:{service_key}" if service_key else "",
-    ]
-    return "+".join(p for p in parts if p) or "global"

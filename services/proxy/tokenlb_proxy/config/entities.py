@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from tokenlb_proxy.config.compile import PLUGIN_NAME, compile_gateway
+from tokenlb_proxy.config.compile import compile_gateway
 from tokenlb_proxy.config.declarative import (
     Consumer,
     ConsumerGroup,
@@ -40,7 +40,7 @@ from tokenlb_proxy.config.declarative import (
 )
 from tokenlb_proxy.config.errors import ConfigError, FieldError
 from tokenlb_proxy.config.loader import schema_errors
-from tokenlb_proxy.config.plugin import AiProxyAdvancedConfig
+from tokenlb_proxy.config.plugins import plugin_config_with_defaults
 from tokenlb_proxy.plan import Gateway
 
 __all__ = [
@@ -114,16 +114,13 @@ def validate(flat: dict[str, Any]) -> Gateway:
 def config_with_defaults(name: str, config: dict[str, Any]) -> dict[str, Any]:
     """A plugin's ``config`` with Kong's defaults filled in, as Kong stores and returns it.
 
-    A config its schema refuses, and a plugin without a schema here, is returned as given:
-    the compile step reports what is wrong with the field paths the user wrote.
+    A config its schema refuses, and a plugin tokenlb does not implement, is returned as
+    given: the compile step reports what is wrong, at the field paths the user wrote.
     """
-    if name != PLUGIN_NAME:
-        return config
     try:
-        decoded = msgspec.convert(config, AiProxyAdvancedConfig)
-    except msgspec.ValidationError:
+        return plugin_config_with_defaults(name, config)
+    except ConfigError:
         return config
-    return _json_like(decoded)
 
 
 def service_defaults(service: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,16 @@ __all__ = ["load_document", "parse_document", "schema_errors", "substitute_env"]
 
 _PLACEHOLDER = re.compile(r"\$\{\{\s*env\s+\"([^\"]*)\"\s*\}\}")
 _MANIFEST_KINDS = ("KongPlugin", "KongClusterPlugin")
+#: Any of these at the top level makes a document a kong.yaml.
+_DECLARATIVE_KEYS = (
+    "_format_version",
+    "services",
+    "routes",
+    "plugins",
+    "consumers",
+    "consumer_groups",
+    "keyauth_credentials",
+)
 
 
 def load_document(path: str | Path, environ: Mapping[str, str] | None = None) -> DeclarativeConfig:
@@ -191,7 +201,7 @@ def _merge_forms(documents: list[Any]) -> dict[str, Any]:
                 [
                     FieldError(
                         "",
-                        "not a kong.yaml (no _format_version, services, routes or plugins), "
+                        "not a kong.yaml (no _format_version, services, plugins, ...), "
                         "an Admin API plugin body (name + config) or a KongPlugin manifest",
                     )
                 ]
@@ -200,9 +210,7 @@ def _merge_forms(documents: list[Any]) -> dict[str, Any]:
 
 
 def _is_declarative(doc: Any) -> bool:
-    return isinstance(doc, dict) and any(
-        key in doc for key in ("_format_version", "services", "routes", "plugins")
-    )
+    return isinstance(doc, dict) and any(key in doc for key in _DECLARATIVE_KEYS)
 
 
 def _plugin_from_manifest(doc: dict[str, Any]) -> dict[str, Any]:
