@@ -2,6 +2,7 @@
 
 tokenlb proxy --config FILE [--host H] [--port 8000] [--admin-host 127.0.0.1]
               [--admin-port 8001] [--redis-url URL]
+              (with --redis-url, --config only seeds an empty Redis and may be left out)
 tokenlb mock-upstream [--port 9000] [...]
 tokenlb check FILE
 tokenlb config sync FILE [--dry-run] [--redis-url URL]
@@ -291,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     proxy = commands.add_parser("proxy", help="run one proxy replica")
-    proxy.add_argument("--config", help="kong.yaml, plugin JSON or KongPlugin manifest")
+    proxy.add_argument(
+        "--config",
+        help="kong.yaml, plugin JSON or KongPlugin manifest (with --redis-url: seeds an "
+        "empty Redis; optional once Redis holds a config)",
+    )
     proxy.add_argument("--host", default=None, help="proxy bind address (127.0.0.1)")
     proxy.add_argument("--port", type=int, default=None, help="proxy port (8000)")
     proxy.add_argument("--admin-host", default=None, help="admin bind address (127.0.0.1)")
