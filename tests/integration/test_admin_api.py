@@ -45,7 +45,7 @@ def seed_body() -> dict[str, Any]:
     return body
 
 
-@pytest.fixture(scope="module", params=["local"])  # add "redis" once RedisRepository lands
+@pytest.fixture(scope="module", params=["local", "redis"])
 def admin_store_url(request: pytest.FixtureRequest) -> str | None:
     return store_url_for(request)
 
