@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio
 
+from tests.support import free_port
 from tokenlb_proxy.admin import crud, kong_errors
 from tokenlb_proxy.admin.api import AdminApi
 from tokenlb_proxy.admin.kong_errors import AdminError
@@ -19,6 +21,7 @@ from tokenlb_proxy.admin.security import is_loopback, token_matches
 from tokenlb_proxy.config.entities import validate
 from tokenlb_proxy.config.errors import ConfigError, FieldError
 from tokenlb_proxy.control.manager import ConfigManager
+from tokenlb_proxy.control.redis_repository import RedisRepository
 from tokenlb_proxy.control.repository import LocalRepository, StoredConfig
 from tokenlb_proxy.plan import Gateway
 from tokenlb_proxy.settings import settings_from_env
@@ -576,3 +579,21 @@ def test_api_delete_of_nothing_is_204_and_stores_nothing() -> None:
     assert api("DELETE", f"/plugins/{uuid.uuid4()}") == (204, None)
     assert api("DELETE", f"/consumers/nobody/key-auth/{uuid.uuid4()}")[0] == 404
     assert api.version() == version
+
+
+async def test_api_answers_503_while_redis_is_unreachable() -> None:
+    """Nobody listens on the port: reads and writes say so instead of a bare 500."""
+    client = redis.asyncio.Redis(port=free_port(), socket_connect_timeout=0.5)
+    repository = RedisRepository(client, owns_client=True)
+
+    async def apply(gateway: Gateway, _: StoredConfig) -> None:
+        raise AssertionError("nothing may be applied")
+
+    api = AdminApi(lambda: ConfigManager(repository, validate, apply))
+    try:
+        for method, body in (("GET", b""), ("POST", b'{"username": "alice"}')):
+            status, answer = await api.handle(method, "/consumers", {}, body)
+            assert status == 503
+            assert "unreachable" in answer["message"]
+    finally:
+        await repository.close()

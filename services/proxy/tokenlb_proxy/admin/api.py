@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import msgspec
+from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy.admin import crud, kong_errors
 from tokenlb_proxy.admin.kong_errors import AdminError
 from tokenlb_proxy.config.errors import ConfigError
-from tokenlb_proxy.control.repository import StoredConfig
+from tokenlb_proxy.control.repository import ConfigConflict, StoredConfig
 
 __all__ = ["AdminApi", "Control"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -82,6 +86,13 @@ class AdminApi:
             return await self._route(method, [s for s in path.split("/") if s], query, body)
         except AdminError as exc:
             return exc.status_code, exc.body
+        except ConfigConflict:
+            return 503, {"message": "the config changed concurrently too often: try again"}
+        except (RedisError, RedisClusterException, OSError) as exc:
+            # Reads and writes need the fleet's copy; serving a stale local one would let
+            # an admin edit a config the fleet no longer has.
+            log.warning("Admin API: the config store is unreachable (%s)", type(exc).__name__)
+            return 503, {"message": "the config store (Redis) is unreachable: try again later"}
 
     async def _route(
         self, method: str, segments: list[str], query: Mapping[str, str], raw: bytes
