@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import secrets
-import types
 import typing
 import uuid
 from bisect import insort
@@ -29,7 +28,7 @@ from tokenlb_proxy.admin import kong_errors
 from tokenlb_proxy.admin.kong_errors import AdminError
 from tokenlb_proxy.config.entities import NESTED, PLUGIN_SCOPES, STRUCTS, flat_entity
 from tokenlb_proxy.config.errors import ConfigError, FieldError
-from tokenlb_proxy.config.loader import schema_errors
+from tokenlb_proxy.config.loader import schema_errors, unwrap_type
 from tokenlb_proxy.config.plugin import AiProxyAdvancedConfig
 
 __all__ = [
@@ -366,7 +365,7 @@ def _choices(kind: str, path: str) -> list[str] | None:
     if kind == "plugins" and parts[:1] == ["config"]:
         type_, parts = AiProxyAdvancedConfig, parts[1:]
     for part in parts:
-        type_ = _unwrap(type_)
+        type_ = unwrap_type(type_)
         if part.startswith("["):
             args = typing.get_args(type_)
             type_ = args[0] if args else None
@@ -375,17 +374,7 @@ def _choices(kind: str, path: str) -> list[str] | None:
             type_ = fields.get(part)
         else:
             return None
-    type_ = _unwrap(type_)
+    type_ = unwrap_type(type_)
     if typing.get_origin(type_) is typing.Literal:
         return [str(v) for v in typing.get_args(type_)]
     return None
-
-
-def _unwrap(type_: Any) -> Any:
-    if typing.get_origin(type_) is typing.Annotated:
-        type_ = typing.get_args(type_)[0]
-    if typing.get_origin(type_) in (typing.Union, types.UnionType):
-        members = [t for t in typing.get_args(type_) if t is not type(None)]
-        if len(members) == 1:
-            return _unwrap(members[0])
-    return type_

@@ -8,11 +8,10 @@ import hashlib
 from typing import cast
 
 import httpx
-import msgspec
 
 from tokenlb_proxy.config.declarative import PluginEntry
 from tokenlb_proxy.config.errors import FieldError
-from tokenlb_proxy.config.loader import schema_errors
+from tokenlb_proxy.config.loader import decode
 from tokenlb_proxy.config.plugin import AiProxyAdvancedConfig, ModelOptions, Target
 from tokenlb_proxy.config.scopes import Scope, scope_name
 from tokenlb_proxy.config.secrets import SecretResolver
@@ -34,11 +33,10 @@ def compile_balancer(
 ) -> BalancerPlan | None:
     """The plugin at ``path`` as a balancer, or None after adding its problems to ``errors``."""
     cpath = f"{path}.config"
-    resolved = secrets.resolve(entry.config, cpath, errors)
-    try:
-        config = msgspec.convert(resolved, AiProxyAdvancedConfig)
-    except msgspec.ValidationError:
-        errors.extend(schema_errors(resolved, AiProxyAdvancedConfig, cpath))
+    config = decode(
+        secrets.resolve(entry.config, cpath, errors), AiProxyAdvancedConfig, cpath, errors
+    )
+    if config is None:
         return None
     problems = check_plugin_config(config, cpath)
     if problems:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-import msgspec
-
 from tokenlb_proxy.config.declarative import (
     Consumer,
     DeclarativeConfig,
@@ -23,7 +21,7 @@ from tokenlb_proxy.config.declarative import (
 )
 from tokenlb_proxy.config.errors import FieldError
 from tokenlb_proxy.config.key_auth import KeyAuthConfig, check_key_auth_config
-from tokenlb_proxy.config.loader import schema_errors
+from tokenlb_proxy.config.loader import decode
 from tokenlb_proxy.config.scopes import ref_value
 from tokenlb_proxy.config.secrets import SecretResolver
 from tokenlb_proxy.config.support import NOT_SUPPORTED
@@ -177,11 +175,8 @@ def compile_key_auth(
 ) -> KeyAuthPlan | None:
     """The key-auth plugin at ``path``, or None after adding its problems to ``errors``."""
     cpath = f"{path}.config"
-    resolved = secrets.resolve(entry.config, cpath, errors)
-    try:
-        config = msgspec.convert(resolved, KeyAuthConfig)
-    except msgspec.ValidationError:
-        errors.extend(schema_errors(resolved, KeyAuthConfig, cpath))
+    config = decode(secrets.resolve(entry.config, cpath, errors), KeyAuthConfig, cpath, errors)
+    if config is None:
         return None
     problems = check_key_auth_config(config, cpath)
     anonymous: ConsumerIdentity | None = None

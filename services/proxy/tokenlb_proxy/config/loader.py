@@ -15,7 +15,7 @@ import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import msgspec.structs
@@ -24,7 +24,16 @@ import yaml
 from tokenlb_proxy.config.declarative import DeclarativeConfig
 from tokenlb_proxy.config.errors import ConfigError, FieldError
 
-__all__ = ["load_document", "parse_document", "schema_errors", "substitute_env"]
+__all__ = [
+    "decode",
+    "load_document",
+    "parse_document",
+    "schema_errors",
+    "substitute_env",
+    "unwrap_type",
+]
+
+T = TypeVar("T")
 
 _PLACEHOLDER = re.compile(r"\$\{\{\s*env\s+\"([^\"]*)\"\s*\}\}")
 _MANIFEST_KINDS = ("KongPlugin", "KongClusterPlugin")
@@ -131,6 +140,15 @@ def validation_error(exc: msgspec.ValidationError, prefix: str) -> FieldError:
 _UNKNOWN_FIELD = re.compile(r"Object contains unknown field `([^`]*)`")
 
 
+def decode(value: Any, type_: type[T], path: str, errors: list[FieldError]) -> T | None:
+    """``value`` as ``type_``, or None after adding every schema violation to ``errors``."""
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError:
+        errors.extend(schema_errors(value, type_, path))
+        return None
+
+
 def schema_errors(value: Any, type_: Any, path: str) -> list[FieldError]:
     """Every schema violation in ``value`` (msgspec itself stops at the first one).
 
@@ -145,7 +163,7 @@ def schema_errors(value: Any, type_: Any, path: str) -> list[FieldError]:
 
 
 def _nested_errors(value: Any, type_: Any, path: str) -> list[FieldError]:
-    type_ = _unwrap(type_)
+    type_ = unwrap_type(type_)
     errors: list[FieldError] = []
     if isinstance(type_, type) and issubclass(type_, msgspec.Struct) and isinstance(value, dict):
         fields = {f.encode_name: f for f in msgspec.structs.fields(type_)}
@@ -168,14 +186,14 @@ def _nested_errors(value: Any, type_: Any, path: str) -> list[FieldError]:
     return errors
 
 
-def _unwrap(type_: Any) -> Any:
+def unwrap_type(type_: Any) -> Any:
     """``Annotated[T, ...]`` and ``T | None`` as ``T``; anything else unchanged."""
     if typing.get_origin(type_) is typing.Annotated:
         type_ = typing.get_args(type_)[0]
     if typing.get_origin(type_) in (typing.Union, types.UnionType):
         members = [t for t in typing.get_args(type_) if t is not type(None)]
         if len(members) == 1:
-            return _unwrap(members[0])
+            return unwrap_type(members[0])
     return type_
 
 
