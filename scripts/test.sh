@@ -25,4 +25,12 @@ python3 -m venv .venv
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+if [ "$#" -gt 0 ]; then
+  .venv/bin/python -m pytest "$@"
+else
+  # Two processes for the single-process tests; the multi-replica ones alone afterwards,
+  # because they assert on wall-clock behaviour (decay, latency, outages) that a second
+  # busy core would distort.
+  .venv/bin/python -m pytest -m "not cluster" -n 2 --dist loadscope
+  .venv/bin/python -m pytest -m cluster
+fi

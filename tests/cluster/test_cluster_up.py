@@ -27,6 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support import ManagedProcess, free_port, http_ok, tokenlb_command
 from tokenlb_proxy.mock_state import ChatMessage, prompt_profile
 
+pytestmark = pytest.mark.cluster
+
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel")
 TOKEN_DELAY_MS = 20
 

@@ -1,11 +1,12 @@
 """Fleet-wide balance: many replicas, one Redis, real processes and the OpenAI SDK.
 
-For every tokens_count_strategy (and for weights), 1000 requests of heavy-tailed prompt
+For every tokens_count_strategy (and for weights), 600 requests of heavy-tailed prompt
 sizes at concurrency 48, spread over 4 replicas that share one Redis, must leave the
-counted quantity per target (per unit of weight) within 3%, as the upstream counted it.
-The same load on 4 replicas with only local counters (what Kong does per worker) is
-reported beside it. A low-traffic case shows per-replica counters herding onto one
-target while the fleet-wide balancer alternates.
+counted quantity per target (per unit of weight) within 3%, as the upstream counted it,
+and so must one replica alone on the embedded store. A low-traffic case shows
+per-replica counters (what Kong does per worker) herding onto one target while the
+fleet-wide balancer alternates. How far apart independent per-replica counters drift
+under load is a measurement, not a test: ``bench/run.py`` reports balance.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tests.support import ManagedProcess, start_mock, start_proxies, start_redis
 
 pytestmark = pytest.mark.cluster
 
-REQUESTS = 1000
+REQUESTS = 600
 CONCURRENCY = 48
 REPLICAS = 4
 #: The low-traffic case: many replicas, each seeing only a few requests.
@@ -105,16 +106,10 @@ def test_fleet_wide_balance_within_three_percent(fleet: Fleet, scenario: Scenari
     # The same prompts on every run (str hashes change per process), so results compare.
     prompts = heavy_tailed_prompts(REQUESTS, seed=zlib.crc32(scenario.name.encode()))
     fleet_wide = _measure(fleet, fleet.shared[:REPLICAS], scenario, prompts)
-    per_replica = _measure(fleet, fleet.local[:REPLICAS], scenario, prompts)
     embedded = _measure(fleet, fleet.local[:1], scenario, prompts)
-    _report(
-        fleet,
-        scenario.name,
-        {"fleet_wide": fleet_wide, "local_counters": per_replica, "embedded_alone": embedded},
-    )
+    _report(fleet, scenario.name, {"fleet_wide": fleet_wide, "embedded_alone": embedded})
     assert fleet_wide <= MAX_IMBALANCE, f"fleet-wide imbalance {fleet_wide:.2%}"
-    # Parity: one replica on the embedded store balances as the fleet does on Redis. Four
-    # independent local balancers (Kong's model) are only reported: nothing couples them.
+    # Parity: one replica on the embedded store balances as the fleet does on Redis.
     assert embedded <= MAX_IMBALANCE, f"embedded-store imbalance {embedded:.2%}"
 
 

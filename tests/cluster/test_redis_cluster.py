@@ -37,7 +37,7 @@ from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys, balancer_keys
 
 pytestmark = pytest.mark.cluster
 
-REQUESTS = 1000
+REQUESTS = 500
 CONCURRENCY = 24
 REPLICAS = 2
 MAX_IMBALANCE = 0.03

@@ -45,8 +45,10 @@ def seed_body() -> dict[str, Any]:
     return body
 
 
-@pytest.fixture(scope="module", params=["local", "redis"])
+@pytest.fixture(scope="module", params=["redis"])
 def admin_store_url(request: pytest.FixtureRequest) -> str | None:
+    """Redis, the fleet's case. The API over the embedded store's in-memory repository is
+    covered by tests/unit/test_admin_crud.py; the suite's time goes to the shared one."""
     return store_url_for(request)
 
 
