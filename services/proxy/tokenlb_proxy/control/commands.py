@@ -84,10 +84,8 @@ async def sync_config(path: str, redis_url: str, *, dry_run: bool) -> int:
         current = await manager.current()
         planned = entity_changes(current.document, target)
         if dry_run or not planned:
-            for change in planned:
-                print(change)
             note = "dry run, nothing stored" if dry_run else "nothing to store"
-            print(f"Summary: {summary(planned)} ({note}; Redis holds version {current.version})")
+            _report(planned, f"{note}; Redis holds version {current.version}")
             return 0
         now = int(time.time())
 
@@ -101,9 +99,7 @@ async def sync_config(path: str, redis_url: str, *, dry_run: bool) -> int:
         changes = await manager.update(make_it_so)
     finally:
         await repository.close()
-    for change in changes:
-        print(change)
-    print(f"Summary: {summary(changes)} (stored as version {stored.versions[-1]})")
+    _report(changes, f"stored as version {stored.versions[-1]}")
     return 0
 
 
@@ -143,10 +139,15 @@ async def apply_manifest(path: str, redis_url: str, binding: PluginBinding) -> i
         return 1
     finally:
         await repository.close()
+    _report(changes, f"stored as version {stored.versions[-1]}")
+    return 0
+
+
+def _report(changes: list[Change], outcome: str) -> None:
+    """Each change on a line, then the summary the commands end with."""
     for change in changes:
         print(change)
-    print(f"Summary: {summary(changes)} (stored as version {stored.versions[-1]})")
-    return 0
+    print(f"Summary: {summary(changes)} ({outcome})")
 
 
 async def _load(redis_url: str) -> StoredConfig | None:
