@@ -6,7 +6,6 @@ Litestar's own (unknown method, bad path), leaves as an OpenAI-style JSON error.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from typing import Any
@@ -15,7 +14,6 @@ import msgspec
 from litestar import Litestar, Request, Response, get, route
 from litestar.exceptions import HTTPException
 from litestar.response import Stream
-from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy import __version__
 from tokenlb_proxy.admin.api import AdminApi
@@ -24,6 +22,7 @@ from tokenlb_proxy.admin.security import TOKEN_HEADER, token_matches
 from tokenlb_proxy.errors import ProxyError, error_body
 from tokenlb_proxy.fleet import aggregator_health
 from tokenlb_proxy.metrics import CONTENT_TYPE
+from tokenlb_proxy.redis_outage import is_outage
 from tokenlb_proxy.runtime import Runtime
 from tokenlb_proxy.settings import redact_url
 from tokenlb_proxy.stats import balancer_stats, window_minutes
@@ -153,10 +152,13 @@ def create_admin_app(runtime: Runtime) -> Litestar:
         aggregators: dict[str, Any] | None = None
         if runtime.redis is not None and reachable:
             # Redis may have gone away since the ping: report the rest.
-            with contextlib.suppress(RedisError, RedisClusterException, OSError, RuntimeError):
+            try:
                 aggregators = await aggregator_health(
                     runtime.redis, [plan.keys for plan in runtime.gateway.balancers]
                 )
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
         degraded = runtime.degraded(reachable)
         return {
             "version": __version__,

@@ -27,12 +27,12 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import msgspec
-from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy.admin import crud, kong_errors
 from tokenlb_proxy.admin.kong_errors import AdminError
 from tokenlb_proxy.config.errors import ConfigError
 from tokenlb_proxy.control.repository import ConfigConflict, StoredConfig
+from tokenlb_proxy.redis_outage import is_outage
 
 __all__ = ["AdminApi", "Control"]
 
@@ -88,7 +88,9 @@ class AdminApi:
             return exc.status_code, exc.body
         except ConfigConflict:
             return 503, {"message": "the config changed concurrently too often: try again"}
-        except (RedisError, RedisClusterException, OSError) as exc:
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
             # Reads and writes need the fleet's copy; serving a stale local one would let
             # an admin edit a config the fleet no longer has.
             log.warning("Admin API: the config store is unreachable (%s)", type(exc).__name__)

@@ -19,19 +19,16 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from redis.exceptions import RedisClusterException, RedisError
-
 from tokenlb_proxy.config import ConfigError, FieldError
 from tokenlb_proxy.config.entities import validate
 from tokenlb_proxy.control.documents import describe_errors, read_config_file, same_config
 from tokenlb_proxy.control.repository import ConfigConflict, ConfigRepository, StoredConfig
 from tokenlb_proxy.plan import Gateway
+from tokenlb_proxy.redis_outage import is_outage
 
 __all__ = ["StartingConfig", "starting_config"]
 
 log = logging.getLogger(__name__)
-
-_OUTAGE_ERRORS = (RedisError, RedisClusterException, OSError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,9 @@ async def starting_config(config_path: str, repository: ConfigRepository) -> Sta
             else:
                 served = StoredConfig(version, seed)
                 return StartingConfig(validate(seed), served, served)
-    except _OUTAGE_ERRORS as exc:
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
         if seed is None:
             unreachable = f"Redis is unreachable ({type(exc).__name__}) and no --config"
             raise _cannot_start(unreachable) from None

@@ -20,22 +20,18 @@ off the event loop). Requests never wait on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy.control.redis_repository import RedisRepository
 from tokenlb_proxy.control.repository import ConfigConflict, StoredConfig
+from tokenlb_proxy.redis_outage import is_outage
 
 __all__ = ["ConfigWatcher", "Follower"]
 
 log = logging.getLogger(__name__)
-
-#: What a Redis outage looks like from here (see store/resilient.py for RuntimeError).
-_OUTAGE_ERRORS = (RedisError, RedisClusterException, OSError, RuntimeError)
 
 
 class Follower(Protocol):
@@ -75,20 +71,16 @@ class ConfigWatcher:
                         in_sync = True
                     if await self._changed(subscription):
                         await self.sync()
-                except _OUTAGE_ERRORS as exc:
-                    if in_sync:
+                except Exception as exc:  # a bug must not stop this replica following
+                    if not is_outage(exc):
+                        log.exception("following the fleet's config failed unexpectedly")
+                    elif in_sync:
                         log.warning(
                             "lost Redis while following the fleet's config (%s); serving "
                             "version %d until it returns",
                             type(exc).__name__,
                             self.follower.known.version,
                         )
-                    in_sync = False
-                    await _close(subscription)
-                    subscription = None
-                    await asyncio.sleep(self.poll_interval_s)
-                except Exception:  # a bug must not stop this replica following for good
-                    log.exception("following the fleet's config failed unexpectedly")
                     in_sync = False
                     await _close(subscription)
                     subscription = None
@@ -144,5 +136,8 @@ class ConfigWatcher:
 async def _close(subscription: PubSub | None) -> None:
     """Close ``subscription`` whatever state its connection is in."""
     if subscription is not None:
-        with contextlib.suppress(*_OUTAGE_ERRORS):
+        try:
             await subscription.aclose()  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            if not is_outage(exc):
+                raise

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy.events import EVENT_FIELD, UsageEvent, encode_event
 from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys
+from tokenlb_proxy.redis_outage import is_outage
 from tokenlb_proxy.rollups import MinuteRollup, parse_rollup_hash
 from tokenlb_proxy.scripts import lua_source
 from tokenlb_proxy.store.base import (
@@ -214,8 +214,10 @@ class RedisStore:
     async def healthy(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (RedisError, RedisClusterException, OSError, RuntimeError):
-            return False  # RuntimeError: see store/resilient.py's _OUTAGE_ERRORS
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            return False
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -3,8 +3,8 @@
 A replica must keep serving when Redis goes away: it balances on its own counters
 (what Kong does all the time), reports itself degraded, and logs one warning per outage.
 
-- The first Redis error (any ``RedisError``: refused, reset, timed out, loading, out of
-  memory, read-only replica, cluster down) marks the store down. From then on no request
+- The first Redis error (refused, reset, timed out, loading, out of memory, read-only
+  replica, cluster down: see redis_outage.py) marks the store down. From then on no request
   touches Redis: they all use the local store at once, so a dead or hung Redis costs a
   request at most the one timed-out call that revealed it (the client's socket timeout).
 - While down, one background probe pings Redis every ``retry_interval_s``. When it
@@ -33,10 +33,10 @@ from collections import deque
 from collections.abc import Sequence
 
 import msgspec
-from redis.exceptions import RedisClusterException, RedisError
 
 from tokenlb_proxy.events import UsageEvent
 from tokenlb_proxy.keys import BalancerKeys
+from tokenlb_proxy.redis_outage import is_outage
 from tokenlb_proxy.rollups import MinuteRollup
 from tokenlb_proxy.store.base import Algorithm, Candidate, Selection, Settlement, TargetTotals
 from tokenlb_proxy.store.local import LocalStore
@@ -46,11 +46,6 @@ __all__ = ["ResilientStore"]
 
 log = logging.getLogger(__name__)
 
-# RedisClusterException (a slot no master serves) is not a RedisError.
-#: What a Redis outage looks like from here. RuntimeError too: under uvloop, redis-py's
-#: cluster client can write to a connection whose transport a dead node already closed
-#: ("unable to perform operation on <TCPTransport closed=True>").
-_OUTAGE_ERRORS = (RedisError, RedisClusterException, OSError, RuntimeError)
 #: Events kept while Redis is away (~400 bytes each), and appended per round trip after.
 DEFAULT_BACKLOG_LIMIT = 20_000
 _APPEND_BATCH = 500
@@ -119,10 +114,9 @@ class ResilientStore:
                 for balancer_id, (keys, targets) in list(self._registrations.items()):
                     await self.primary.register(balancer_id, keys, targets)
                 appended = await self._append_backlog()
-            except _OUTAGE_ERRORS:
-                continue
-            except Exception:  # a bug must not leave the replica degraded for good
-                log.exception("probing Redis failed unexpectedly; probing again")
+            except Exception as exc:  # a bug must not leave the replica degraded for good
+                if not is_outage(exc):
+                    log.exception("probing Redis failed unexpectedly; probing again")
                 continue
             self._mark_up(appended)
             return
@@ -157,7 +151,9 @@ class ResilientStore:
         if not self.degraded:  # a request chosen locally that finished after the rejoin
             try:
                 await self._append_backlog()
-            except _OUTAGE_ERRORS as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 self._mark_down(exc)
 
     async def _append_backlog(self) -> int:
@@ -185,7 +181,9 @@ class ResilientStore:
         if not self.degraded:
             try:
                 selection = await self.primary.select(keys, algorithm, half_life_ms, candidates)
-            except _OUTAGE_ERRORS as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 self._mark_down(exc)
             else:
                 self._last_redis_ms = max(self._last_redis_ms, selection.reserved_at_ms)
@@ -201,7 +199,9 @@ class ResilientStore:
         if not self.degraded:
             try:
                 await self.primary.settle(keys, half_life_ms, settlement)
-            except _OUTAGE_ERRORS as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 self._mark_down(exc)
             else:
                 return
@@ -215,7 +215,9 @@ class ResilientStore:
         if not self.degraded:
             try:
                 return await self.primary.totals(keys, half_life_ms, target_ids)
-            except _OUTAGE_ERRORS as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 self._mark_down(exc)
         return await self.fallback.totals(keys, half_life_ms, target_ids)
 
@@ -227,7 +229,9 @@ class ResilientStore:
             return  # the probe announces it when Redis is back
         try:
             await self.primary.register(balancer_id, keys, targets)
-        except _OUTAGE_ERRORS as exc:
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
             self._mark_down(exc)
 
     def keep_only(self, balancer_ids: set[str]) -> None:
@@ -245,7 +249,9 @@ class ResilientStore:
             return  # the probe deletes it when Redis is back
         try:
             await self.primary.retire(balancer_id, keys)
-        except _OUTAGE_ERRORS as exc:
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
             self._mark_down(exc)
         else:
             self._retirements.pop(balancer_id, None)
@@ -254,7 +260,9 @@ class ResilientStore:
         if not self.degraded:
             try:
                 return await self.primary.rollups(keys, minutes)
-            except _OUTAGE_ERRORS as exc:
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
                 self._mark_down(exc)
         return await self.fallback.rollups(keys, minutes)
 
