@@ -36,6 +36,7 @@ from tokenlb_proxy.mock_state import (
     Usage,
     prompt_profile,
 )
+from tokenlb_proxy.tokens import get_counter
 
 __all__ = [
     "ASGIApp",
@@ -96,6 +97,10 @@ class MockUpstream:
     """The ASGI callable; ``state`` is exposed for in-process use."""
 
     def __init__(self, settings: MockSettings) -> None:
+        # Load the tokenizer now (~0.1 s, far more on a busy machine), not in the first
+        # request: a first answer that much slower than the rest is an outlier that
+        # lowest-latency balancers would remember for several half-lives.
+        get_counter()
         self.state = MockState(settings)
         self._routes: dict[tuple[str, str], Callable[[bytes, bytes], object]] = {
             ("GET", "/health"): lambda _q, _b: {"status": "ok"},
