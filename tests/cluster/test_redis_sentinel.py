@@ -75,6 +75,11 @@ def _degraded(admin_ports: list[int]) -> list[bool]:
     ]
 
 
+def _logs(fleet: SentinelFleet) -> str:
+    """What the replicas logged, for a failure message."""
+    return "\n".join(f"replica {i}:\n{p.output()[-2000:]}" for i, p in enumerate(fleet.replicas))
+
+
 def test_replicas_follow_a_sentinel_failover(fleet: SentinelFleet) -> None:
     setup = fleet.setup
     load = SteadyLoad(
@@ -83,16 +88,18 @@ def test_replicas_follow_a_sentinel_failover(fleet: SentinelFleet) -> None:
     try:
         time.sleep(3)
         assert _requests_on(setup.master_port) > 0  # decisions go through the master
-        assert _degraded(fleet.admin_ports) == [False, False]
+        assert _degraded(fleet.admin_ports) == [False, False], _logs(fleet)
 
         setup.master.kill()
         deadline = time.monotonic() + FAILOVER_TIMEOUT_S
         while time.monotonic() < deadline and setup.current_master_port() != setup.replica_port:
             time.sleep(0.2)
         assert setup.current_master_port() == setup.replica_port, setup.sentinel.output()
-        while time.monotonic() < deadline and any(_degraded(fleet.admin_ports)):
+        degraded = _degraded(fleet.admin_ports)
+        while time.monotonic() < deadline and any(degraded):
             time.sleep(0.2)
-        assert _degraded(fleet.admin_ports) == [False, False]
+            degraded = _degraded(fleet.admin_ports)
+        assert degraded == [False, False], _logs(fleet)
         promoted_with = _requests_on(setup.replica_port)
         time.sleep(3)
         # New decisions are settled on the promoted master.
