@@ -35,11 +35,15 @@
 --                 wins. No state: every replica computes the same ranking.
 --   lowest-latency  the lowest time-decayed average latency (record_usage.lua keeps it:
 --                 time per output token or end-to-end, whichever the proxy measures),
---                 shared by the fleet; a target with no sample yet counts at the average
---                 of those that have one; ties go to the earlier target. Exploration: a
+--                 shared by the fleet; ties go to the earlier target. Exploration: a
 --                 target that has had neither a sample nor a probe for one half-life (or
 --                 ever) is chosen once, by one replica for the whole fleet, so a target
 --                 that recovered (or just joined) is measured again instead of starving.
+--                 A target without a sample competes only through exploration: while its
+--                 first answer is on its way it gets nothing more (a slow target listed
+--                 first would otherwise take every request until then). When no target
+--                 has a sample yet, the one explored longest ago is explored again, so a
+--                 cold fleet spreads its first requests.
 --
 -- Tiers: only the available targets of the lowest tier present compete (all tiers are 0
 -- unless the algorithm ranks targets).
@@ -81,12 +85,12 @@
 -- the reservation (pass it back to record_usage.lua); score, as a string (Lua numbers
 -- would be truncated), the chosen target's decayed usage per unit of weight before the
 -- reservation (lowest-usage), its in-flight count before this request
--- (least-connections) or its average latency (lowest-latency), else "0"; when nothing
--- was chosen although some target was eligible: blocked = "broken" when every one of them
--- is out of rotation, else "tokens" or "requests" (the limit that holds back the one that
--- frees up first), and retry_at_ms the soonest time one of them can take this request;
--- otherwise "" and 0; lease_id the lease taken for an in-flight count or a budget
--- reservation ("" when none).
+-- (least-connections) or its average latency (lowest-latency; 0 before its first
+-- sample), else "0"; when nothing was chosen although some target was eligible:
+-- blocked = "broken" when every one of them is out of rotation, else "tokens" or
+-- "requests" (the limit that holds back the one that frees up first), and retry_at_ms
+-- the soonest time one of them can take this request; otherwise "" and 0; lease_id the
+-- lease taken for an in-flight count or a budget reservation ("" when none).
 
 local algorithm = ARGV[1]
 local half_life_ms = tonumber(ARGV[2])
@@ -346,40 +350,37 @@ elseif algorithm == "lowest-latency" and any_available then
     fields[#fields + 1] = ids[i] .. ":probe"
   end
   local stats = redis.call("HMGET", KEYS[7], unpack(fields))
-  local averages, known_sum, known_count = {}, 0, 0
+  local averages, probed_ms, explore = {}, {}, false
   for i = 1, count do
     averages[i] = tonumber(stats[3 * i - 2])
-    if averages[i] ~= nil then
-      known_sum = known_sum + averages[i]
-      known_count = known_count + 1
+    probed_ms[i] = tonumber(stats[3 * i]) or -1
+    if available[i] and not explore then
+      local seen_ms = math.max(tonumber(stats[3 * i - 1]) or -1, probed_ms[i])
+      if seen_ms < 0 or now_ms - seen_ms >= half_life_ms then
+        best, explore = i, true
+      end
     end
   end
-  local fleet_average = 0
-  if known_count > 0 then
-    fleet_average = known_sum / known_count
-  end
-  for i = 1, count do
-    if available[i] then
-      local seen_ms = math.max(tonumber(stats[3 * i - 1]) or -1, tonumber(stats[3 * i]) or -1)
-      if seen_ms < 0 or now_ms - seen_ms >= half_life_ms then
+  if not explore then
+    for i = 1, count do
+      if available[i] and averages[i] ~= nil and (best == 0 or averages[i] < averages[best]) then
         best = i
-        redis.call("HSET", KEYS[7], ids[i] .. ":probe", now_ms)
-        break
       end
     end
   end
   if best == 0 then
+    -- Nothing measured yet, every target explored: the one explored longest ago, again.
     for i = 1, count do
-      if available[i] then
-        local score = averages[i] or fleet_average
-        if best == 0 or score < best_score then
-          best, best_score = i, score
-        end
+      if available[i] and (best == 0 or probed_ms[i] < probed_ms[best]) then
+        best = i
       end
     end
-  else
-    best_score = averages[best] or fleet_average
+    explore = true
   end
+  if explore then
+    redis.call("HSET", KEYS[7], ids[best] .. ":probe", now_ms)
+  end
+  best_score = averages[best] or 0
 elseif algorithm == "consistent-hashing" and any_available then
   for i = 1, count do
     if available[i] then

@@ -959,22 +959,20 @@ async def test_lowest_average_latency_wins_ties_to_the_earlier(lua: Scripts) -> 
     assert (await lua.select(targets, algorithm="lowest-latency")).index == 2
 
 
-async def test_a_new_target_is_explored_once_then_counts_at_the_fleet_average(
-    lua: Scripts,
-) -> None:
+async def test_a_new_target_is_explored_once_then_waits_for_its_sample(lua: Scripts) -> None:
     await seed_latency(lua, {"a": 10.0, "b": 30.0})
-    targets = [candidate("a"), candidate("b"), candidate("new")]
+    targets = [candidate("new"), candidate("a"), candidate("b")]
 
     probe = await lua.select(targets, algorithm="lowest-latency")
-    assert probe.index == 2  # never measured: one replica tries it once
-    assert probe.score == pytest.approx(20.0)
+    assert probe.index == 0  # never measured: one replica tries it once
+    assert probe.score == 0.0
     assert await lua.client.hget(KEYS.latency, "new:probe") == str(probe.reserved_at_ms)
-    # Until its sample arrives it counts at the average (20): a, at 10, keeps winning.
+    # Until its sample arrives it takes nothing more, first in the list as it is.
     meanwhile = [await lua.select(targets, algorithm="lowest-latency") for _ in range(3)]
-    assert [s.index for s in meanwhile] == [0, 0, 0]
+    assert [s.index for s in meanwhile] == [1, 1, 1]
     await seed_latency(lua, {"a": 10.0, "b": 30.0, "new": 15.0})
     await seed_latency(lua, {"a": 18.0})
-    assert (await lua.select(targets, algorithm="lowest-latency")).index == 2
+    assert (await lua.select(targets, algorithm="lowest-latency")).index == 0
 
 
 async def test_a_stale_target_is_explored_once_per_half_life(lua: Scripts) -> None:

@@ -479,9 +479,9 @@ async def test_lowest_latency_prefers_the_fastest_and_explores_the_rest(
     assert chosen == [0, 0, 0]
     assert (await harness.totals(["fast"]))["fast"].latency == pytest.approx(2.0)
 
-    # A newcomer is explored once, then counts at the average of the others (5).
+    # A newcomer is explored once (no average: score 0), then waits for its sample.
     probe = await harness.select([fast, slow, new], "lowest-latency")
-    assert (probe.index, probe.score) == (2, pytest.approx(5.0))
+    assert (probe.index, probe.score) == (2, 0.0)
     assert (await harness.select([fast, slow, new], "lowest-latency")).index == 0
 
     # fast slows down: a quarter half-life on, its first slow answer (20) weighs 1 against
@@ -499,6 +499,26 @@ async def test_lowest_latency_prefers_the_fastest_and_explores_the_rest(
     await harness.advance(HALF_LIFE_MS)
     chosen = [(await harness.select([fast, slow], "lowest-latency")).index for _ in range(3)]
     assert chosen == [0, 1, 1]
+
+
+async def test_lowest_latency_spreads_a_cold_start_until_the_first_answer(
+    harness: StoreHarness,
+) -> None:
+    """The first target, slow to answer, must not take every request meanwhile."""
+    slow, fast = candidate("slow"), candidate("fast")
+    # Nothing measured: each explored in turn, then again, least recently explored first.
+    chosen = []
+    for _ in range(4):
+        chosen.append((await harness.select([slow, fast], "lowest-latency")).index)
+        await harness.advance(2)  # the local clock; Redis's is real:
+        await asyncio.sleep(0.002)
+    assert chosen == [0, 1, 0, 1]
+    # fast answers first: it takes everything until slow's answer arrives.
+    await harness.settle(fast, await harness.select([fast], "lowest-latency"), 1.0, latency=5.0)
+    chosen = [(await harness.select([slow, fast], "lowest-latency")).index for _ in range(3)]
+    assert chosen == [1, 1, 1]
+    await harness.settle(slow, await harness.select([slow], "lowest-latency"), 1.0, latency=3.0)
+    assert (await harness.select([slow, fast], "lowest-latency")).index == 0
 
 
 async def test_budgets_hold_per_sliding_minute(harness: StoreHarness) -> None:

@@ -53,6 +53,11 @@ class _Latency:
         self.probe_ms: int | None = None
 
 
+def _last_seen_ms(latency: _Latency) -> int:
+    """When ``latency``'s target last answered or was explored; -1: never."""
+    return max(-1 if t is None else t for t in (latency.at_ms, latency.probe_ms))
+
+
 class _BalancerState:
     __slots__ = (
         "breakers",
@@ -249,26 +254,26 @@ class LocalStore:
         now_ms: int,
         half_life_ms: int,
     ) -> tuple[int, float]:
-        stats = [state.latency.get(c.target_id) or _Latency() for c in candidates]
-        known = [s.average for s in stats if s.average is not None]
-        fleet_average = sum(known) / len(known) if known else 0.0
-        for index, c in enumerate(candidates):
-            if not available[index]:
-                continue
-            seen = [t for t in (stats[index].at_ms, stats[index].probe_ms) if t is not None]
-            if not seen or now_ms - max(seen) >= half_life_ms:
-                probed = state.latency.setdefault(c.target_id, stats[index])
-                probed.probe_ms = now_ms
-                average = stats[index].average
-                return index, fleet_average if average is None else average
-        best, best_score = -1, 0.0
-        for index, latency in enumerate(stats):
-            if not available[index]:
-                continue
-            score = fleet_average if latency.average is None else latency.average
-            if best < 0 or score < best_score:
-                best, best_score = index, score
-        return best, best_score
+        """select_target.lua's rule: explore a target unseen for a half-life, else the
+        lowest average among measured targets, else (nothing measured yet) explore the one
+        explored longest ago."""
+        stats = [state.latency.setdefault(c.target_id, _Latency()) for c in candidates]
+        open_ = [i for i, ok in enumerate(available) if ok]
+        due = [
+            i
+            for i in open_
+            if _last_seen_ms(stats[i]) < 0 or now_ms - _last_seen_ms(stats[i]) >= half_life_ms
+        ]
+        measured = [i for i in open_ if stats[i].average is not None]
+        if due:
+            best = due[0]
+        elif measured:
+            best = min(measured, key=lambda i: stats[i].average or 0.0)
+        else:
+            best = min(open_, key=lambda i: stats[i].probe_ms or -1)
+        if due or not measured:
+            stats[best].probe_ms = now_ms
+        return best, stats[best].average or 0.0
 
     @staticmethod
     def _release(state: _BalancerState, target_id: str) -> None:
