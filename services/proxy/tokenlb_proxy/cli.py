@@ -160,6 +160,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
     import asyncio  # noqa: PLC0415
 
     from tokenlb_proxy.control import commands  # noqa: PLC0415
+    from tokenlb_proxy.control.repository import ConfigConflict  # noqa: PLC0415
+    from tokenlb_proxy.redis_outage import is_outage  # noqa: PLC0415
+    from tokenlb_proxy.settings import redact_url  # noqa: PLC0415
 
     command = f"config {args.action}"
     redis_url = args.redis_url or os.environ.get("TOKENLB_REDIS_URL")
@@ -168,17 +171,30 @@ def _cmd_config(args: argparse.Namespace) -> int:
         return 2
     if not _valid_redis_url(command, redis_url):
         return 2
-    if args.action == "sync":
-        return asyncio.run(commands.sync_config(args.file, redis_url, dry_run=args.dry_run))
-    if args.action == "dump":
-        return commands.dump_config(redis_url, args.output)
-    binding = commands.PluginBinding(
-        service=args.service,
-        route=args.route,
-        consumer=args.consumer,
-        consumer_group=args.consumer_group,
-    )
-    return asyncio.run(commands.apply_manifest(args.filename, redis_url, binding))
+    try:
+        if args.action == "sync":
+            return asyncio.run(commands.sync_config(args.file, redis_url, dry_run=args.dry_run))
+        if args.action == "dump":
+            return commands.dump_config(redis_url, args.output)
+        binding = commands.PluginBinding(
+            service=args.service,
+            route=args.route,
+            consumer=args.consumer,
+            consumer_group=args.consumer_group,
+        )
+        return asyncio.run(commands.apply_manifest(args.filename, redis_url, binding))
+    except ConfigConflict:
+        print(f"tokenlb {command}: the config kept changing meanwhile; try again", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        print(
+            f"tokenlb {command}: Redis at {redact_url(redis_url)} is unreachable "
+            f"({type(exc).__name__}: {exc}); nothing was changed",
+            file=sys.stderr,
+        )
+        return 1
 
 
 def _add_config_parser(commands: Any) -> None:

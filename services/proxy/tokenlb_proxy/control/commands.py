@@ -97,6 +97,9 @@ async def sync_config(path: str, redis_url: str, *, dry_run: bool) -> int:
             return changes
 
         changes = await manager.update(make_it_so)
+    except ConfigError as exc:  # refused when stored, as the Admin API would
+        _print_errors(path, exc)
+        return 1
     finally:
         await repository.close()
     _report(changes, f"stored as version {stored.versions[-1]}")
