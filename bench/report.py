@@ -127,11 +127,18 @@ def markdown(results: dict[str, Any]) -> str:
     crit = results["criteria"]
     m = results["machine"]
     load = ", ".join(f"{x:.2f}" for x in m["load_average_at_start"])
-    pinning = (
-        "System under test pinned to CPU 1, load generator + mock + Redis to CPU 0. "
-        if results["pinned"]
-        else ""
-    )
+    pinning = ""
+    if results["pinned"]:
+        pinning = (
+            "System under test and the direct path's mock pinned to CPU 1, load generator + "
+            "mock + Redis to CPU 0. "
+        )
+        hop = results.get("round_trip_us")
+        if hop:
+            pinning += (
+                f"One loopback round trip between idle processes: {hop['same_core_us']:g} µs "
+                f"on one core, {hop['cross_core_us']:g} µs across the two (`hops.py`). "
+            )
     lines.append(f"# tokenlb benchmark ({results['mode']}, {results['started']})")
     lines.append("")
     lines.append(

@@ -21,7 +21,9 @@ each balancer to a mock with model-like latency and compares how evenly the coun
 tokens landed on the two targets. ``store_latency.py`` times the Lua scripts alone.
 
 The system under test is pinned to one CPU and the harness (load generator, mock, Redis)
-to the other, so "one replica" means one core. Results go to ``bench/results/``:
+to the other, so "one replica" means one core; the direct path's own mock runs on the
+system's CPU, so its one hop crosses cores as each of a gateway's hops does (``hops.py``
+measures what that costs here). Results go to ``bench/results/``:
 ``results.json``, ``results.md`` and ``latency.png``.
 """
 
@@ -51,6 +53,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import harness
+import hops
 import report
 import store_latency
 
@@ -195,8 +198,13 @@ def _stopped_on_error(system: System) -> Iterator[None]:
 
 
 def start_direct(ctx: Context) -> System:
-    url = f"http://127.0.0.1:{ctx.mock_port}/v1/chat/completions"
-    return System("direct", url, {})
+    """The floor: the load generator straight to a mock of its own, pinned to the system
+    under test's core. Every hop of a gateway's path (client to replica, replica to
+    Redis, replica to upstream) crosses cores, so the floor's one hop does too; with the
+    shared mock on the load generator's core it would cross none, and "added latency"
+    would charge the gateway for a hop the direct path has in any real deployment."""
+    mock, port = harness.start_mock(ctx.workdir, ctx.python, ctx.sut_cpu, "mock-direct")
+    return System("direct", f"http://127.0.0.1:{port}/v1/chat/completions", {"mock": mock})
 
 
 def start_tokenlb(
@@ -273,7 +281,7 @@ def run_step(
     ctx: Context, system: System, kind: str, rate: float, mode: Mode, *, warmup: float | None = None
 ) -> dict[str, Any]:
     """Offer ``rate`` req/s for one step; latency, CPU and Redis work per request."""
-    processes = {**system.processes, "mock": ctx.mock, "redis": ctx.redis}
+    processes = {"mock": ctx.mock, "redis": ctx.redis, **system.processes}
     client = redis.Redis(port=ctx.redis_port)
     cpu_before = {name: harness.cpu_seconds(p.pid) for name, p in processes.items()}
     redis_before = _redis_snapshot(client)
@@ -419,12 +427,11 @@ def measure_system(
     try:
         warm_up(ctx, system)
         redis.Redis(port=ctx.redis_port).flushall()
-        result: dict[str, Any] = {"processes": list(system.processes)}
+        own = {name: p for name, p in system.processes.items() if name != "mock"}
+        result: dict[str, Any] = {"processes": list(own)}
         for kind in kinds:
             result[kind] = sweep(ctx, system, kind, mode, log)
-        result["peak_rss_mb"] = {
-            name: harness.peak_rss_mb(p.pid) for name, p in system.processes.items()
-        }
+        result["peak_rss_mb"] = {name: harness.peak_rss_mb(p.pid) for name, p in own.items()}
     finally:
         system.stop()
     return result
@@ -590,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "versions": versions(litellm),
         "pinned": pin,
+        "round_trip_us": hops.round_trips() if pin else None,
         "criteria": {
             "p99_limit_ms": P99_LIMIT_MS,
             "max_failed_share": MAX_FAILED_SHARE,
