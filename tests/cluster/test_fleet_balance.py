@@ -24,12 +24,12 @@ import pytest
 from tests.cluster.fleet import (
     Scenario,
     counted_per_model,
+    fleet_config,
     heavy_tailed_prompts,
     imbalance,
     run_load,
-    write_config,
+    running_fleet,
 )
-from tests.support import ManagedProcess, start_mock, start_proxies, start_redis
 
 pytestmark = pytest.mark.cluster
 
@@ -62,27 +62,20 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     logs = tmp_path_factory.mktemp("fleet")
-    processes: list[ManagedProcess] = []
-    try:
-        redis_proc, redis_port = start_redis(logs)
-        processes.append(redis_proc)
+    with running_fleet(
+        logs,
+        lambda mock_port: fleet_config((*SCENARIOS, QUIET), mock_port),
+        shared=QUIET_REPLICAS,
+        local=QUIET_REPLICAS,
         # A little upstream latency keeps ~48 requests in flight, as with a real LLM.
-        mock, mock_port = start_mock(logs, "--latency-ms", "10")
-        processes.append(mock)
-        config = write_config(logs / "kong.yaml", (*SCENARIOS, QUIET), mock_port)
-        redis_url = f"redis://127.0.0.1:{redis_port}"
-        shared = start_proxies(logs, config, QUIET_REPLICAS, redis_url=redis_url)
-        local = start_proxies(logs, config, QUIET_REPLICAS)
-        processes += [p for p, _, _ in shared + local]
+        mocks=[("--latency-ms", "10")],
+    ) as started:
         yield Fleet(
-            mock_url=f"http://127.0.0.1:{mock_port}",
-            shared=[port for _, port, _ in shared],
-            local=[port for _, port, _ in local],
+            mock_url=f"http://127.0.0.1:{started.mock_ports[0]}",
+            shared=started.shared_ports,
+            local=started.local_ports,
             results=logs / "fleet-results.json",
         )
-    finally:
-        for proc in reversed(processes):
-            proc.stop()
 
 
 def _measure(fleet: Fleet, ports: list[int], scenario: Scenario, prompts: list[str]) -> float:

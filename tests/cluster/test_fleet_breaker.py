@@ -17,9 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.support import ManagedProcess, start_mock, start_proxies, start_redis
+from tests.cluster.fleet import balanced_route, chat_target, declarative_config, running_fleet
 
 pytestmark = pytest.mark.cluster
 
@@ -31,21 +30,9 @@ BODY = {"model": "any", "messages": [{"role": "user", "content": "is anyone ther
 
 
 def _config(mock_port: int) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
-
-    def plugin(name: str, balancer: dict[str, Any]) -> dict[str, Any]:
-        targets = [
-            {
-                "route_type": "llm/v1/chat",
-                "model": {"provider": "openai", "name": model, "options": {"upstream_url": url}},
-            }
-            for model in ("flaky", "steady")
-        ]
-        return {
-            "name": "ai-proxy-advanced",
-            "instance_name": name,
-            "config": {"balancer": {"algorithm": "round-robin", **balancer}, "targets": targets},
-        }
+    def route(name: str, balancer: dict[str, Any]) -> dict[str, Any]:
+        targets = [chat_target(model, mock_port) for model in ("flaky", "steady")]
+        return balanced_route(name, {"algorithm": "round-robin", **balancer}, targets)
 
     breaker = {
         "max_fails": MAX_FAILS,
@@ -55,15 +42,9 @@ def _config(mock_port: int) -> dict[str, Any]:
     # A fail_timeout no slow machine outlasts while the measurement runs.
     patient = {**breaker, "fail_timeout": 60_000}
     limited = {"failover_criteria": ["error", "timeout", "http_429"]}
-    routes = [
-        {"name": "breaker", "paths": ["/breaker"], "plugins": [plugin("breaker", breaker)]},
-        {"name": "patient", "paths": ["/patient"], "plugins": [plugin("patient", patient)]},
-        {"name": "limited", "paths": ["/limited"], "plugins": [plugin("limited", limited)]},
-    ]
-    return {
-        "_format_version": "3.0",
-        "services": [{"name": "llm", "url": "http://unused.invalid", "routes": routes}],
-    }
+    return declarative_config(
+        [route("breaker", breaker), route("patient", patient), route("limited", limited)]
+    )
 
 
 @dataclass
@@ -91,27 +72,13 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     logs = tmp_path_factory.mktemp("fleet-breaker")
-    processes: list[ManagedProcess] = []
-    try:
-        redis_proc, redis_port = start_redis(logs)
-        processes.append(redis_proc)
-        mock_proc, mock_port = start_mock(logs)
-        processes.append(mock_proc)
-        config = logs / "kong.yaml"
-        config.write_text(yaml.safe_dump(_config(mock_port)))
-        shared = start_proxies(logs, config, REPLICAS, redis_url=f"redis://127.0.0.1:{redis_port}")
-        local = start_proxies(logs, config, REPLICAS)
-        processes += [p for p, _, _ in shared + local]
-        with httpx.Client(base_url=f"http://127.0.0.1:{mock_port}", timeout=5) as mock:
-            yield Fleet(
-                mock=mock,
-                shared=[port for _, port, _ in shared],
-                local=[port for _, port, _ in local],
-                results=logs / "fleet-breaker-results.json",
-            )
-    finally:
-        for proc in reversed(processes):
-            proc.stop()
+    with running_fleet(logs, _config, shared=REPLICAS, local=REPLICAS) as started:
+        yield Fleet(
+            mock=started.mocks[0],
+            shared=started.shared_ports,
+            local=started.local_ports,
+            results=logs / "fleet-breaker-results.json",
+        )
 
 
 def _send(ports: list[int], route: str, count: int) -> list[int]:

@@ -28,10 +28,14 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.cluster.fleet import heavy_tailed_prompts
-from tests.support import ManagedProcess, start_mock, start_proxies, start_redis
+from tests.cluster.fleet import (
+    balanced_route,
+    chat_target,
+    declarative_config,
+    heavy_tailed_prompts,
+    running_fleet,
+)
 from tokenlb_proxy.tokens import get_counter
 
 pytestmark = pytest.mark.cluster
@@ -48,26 +52,11 @@ MAX_DURATION_S = 2.0
 
 
 def _config(mock_port: int) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
-
-    def target(model: str, limits: dict[str, int]) -> dict[str, Any]:
-        return {
-            "route_type": "llm/v1/chat",
-            "limits": limits,
-            "model": {"provider": "openai", "name": model, "options": {"upstream_url": url}},
-        }
-
     targets = [
-        target("metered", {"tokens_per_minute": TOKENS_PER_MINUTE}),
-        target("counted", {"requests_per_minute": REQUESTS_PER_MINUTE}),
+        chat_target("metered", mock_port, limits={"tokens_per_minute": TOKENS_PER_MINUTE}),
+        chat_target("counted", mock_port, limits={"requests_per_minute": REQUESTS_PER_MINUTE}),
     ]
-    plugin = {"name": "ai-proxy-advanced", "instance_name": "budgets"}
-    plugin["config"] = {"balancer": {"algorithm": "lowest-usage"}, "targets": targets}
-    route = {"name": "budgets", "paths": ["/budgets"], "plugins": [plugin]}
-    return {
-        "_format_version": "3.0",
-        "services": [{"name": "llm", "url": "http://unused.invalid", "routes": [route]}],
-    }
+    return declarative_config([balanced_route("budgets", {"algorithm": "lowest-usage"}, targets)])
 
 
 @dataclass(frozen=True)
@@ -99,23 +88,10 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     logs = tmp_path_factory.mktemp("fleet-budgets")
-    processes: list[ManagedProcess] = []
-    try:
-        redis_proc, redis_port = start_redis(logs)
-        processes.append(redis_proc)
-        mock_proc, mock_port = start_mock(logs, "--latency-ms", "5")
-        processes.append(mock_proc)
-        config = logs / "kong.yaml"
-        config.write_text(yaml.safe_dump(_config(mock_port)))
-        redis_url = f"redis://127.0.0.1:{redis_port}"
-        shared = start_proxies(logs, config, REPLICAS, redis_url=redis_url)
-        local = start_proxies(logs, config, REPLICAS)
-        processes += [p for p, _, _ in shared + local]
-        with httpx.Client(base_url=f"http://127.0.0.1:{mock_port}", timeout=5) as mock:
-            yield Fleet(mock, [p for _, p, _ in shared], [p for _, p, _ in local])
-    finally:
-        for proc in reversed(processes):
-            proc.stop()
+    with running_fleet(
+        logs, _config, shared=REPLICAS, local=REPLICAS, mocks=[("--latency-ms", "5")]
+    ) as started:
+        yield Fleet(started.mocks[0], started.shared_ports, started.local_ports)
 
 
 def _load(ports: Sequence[int], prompts: Sequence[str], *, until: float) -> Record:

@@ -17,47 +17,31 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.support import ManagedProcess, start_mock, start_proxies, start_redis
+from tests.cluster.fleet import balanced_route, chat_target, declarative_config, running_fleet
 
 pytestmark = pytest.mark.cluster
 
 REPLICAS = 4
 HALF_LIFE_S = 1.0
 CONCURRENCY = 4
+#: The mock upstreams' arguments (see above).
+QUICK_UPSTREAM = ("--latency-ms", "5", "--token-delay-ms", "0.1")
+SLUGGISH_UPSTREAM = ("--latency-ms", "60", "--token-delay-ms", "1")
 BODY = {"model": "any", "messages": [{"role": "user", "content": "quick, please"}]}
 
 
 def _config(quick_port: int, sluggish_port: int) -> dict[str, Any]:
-    def target(model: str, port: int) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        return {
-            "route_type": "llm/v1/chat",
-            "model": {"provider": "openai", "name": model, "options": {"upstream_url": url}},
-        }
-
     def route(name: str, strategy: str) -> dict[str, Any]:
         balancer = {
             "algorithm": "lowest-latency",
             "latency_strategy": strategy,
             "usage_half_life": HALF_LIFE_S,
         }
-        targets = [target("sluggish", sluggish_port), target("quick", quick_port)]
-        plugin = {"name": "ai-proxy-advanced", "instance_name": name}
-        plugin["config"] = {"balancer": balancer, "targets": targets}
-        return {"name": name, "paths": [f"/{name}"], "plugins": [plugin]}
+        targets = [chat_target("sluggish", sluggish_port), chat_target("quick", quick_port)]
+        return balanced_route(name, balancer, targets)
 
-    return {
-        "_format_version": "3.0",
-        "services": [
-            {
-                "name": "llm",
-                "url": "http://unused.invalid",
-                "routes": [route("e2e", "e2e"), route("tpot", "tpot")],
-            }
-        ],
-    }
+    return declarative_config([route("e2e", "e2e"), route("tpot", "tpot")])
 
 
 @dataclass
@@ -83,32 +67,11 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     logs = tmp_path_factory.mktemp("fleet-latency")
-    processes: list[ManagedProcess] = []
-    try:
-        redis_proc, redis_port = start_redis(logs)
-        processes.append(redis_proc)
-        quick_proc, quick_port = start_mock(logs, "--latency-ms", "5", "--token-delay-ms", "0.1")
-        slow_proc, slow_port = start_mock(logs, "--latency-ms", "60", "--token-delay-ms", "1")
-        processes += [quick_proc, slow_proc]
-        config = logs / "kong.yaml"
-        config.write_text(yaml.safe_dump(_config(quick_port, slow_port)))
-        redis_url = f"redis://127.0.0.1:{redis_port}"
-        shared = start_proxies(logs, config, REPLICAS, redis_url=redis_url)
-        local = start_proxies(logs, config, REPLICAS)
-        processes += [p for p, _, _ in shared + local]
-        with (
-            httpx.Client(base_url=f"http://127.0.0.1:{quick_port}", timeout=5) as quick,
-            httpx.Client(base_url=f"http://127.0.0.1:{slow_port}", timeout=5) as sluggish,
-        ):
-            yield Fleet(
-                quick,
-                sluggish,
-                [port for _, port, _ in shared],
-                [port for _, port, _ in local],
-            )
-    finally:
-        for proc in reversed(processes):
-            proc.stop()
+    with running_fleet(
+        logs, _config, shared=REPLICAS, local=REPLICAS, mocks=[QUICK_UPSTREAM, SLUGGISH_UPSTREAM]
+    ) as started:
+        quick, sluggish = started.mocks
+        yield Fleet(quick, sluggish, started.shared_ports, started.local_ports)
 
 
 def _load(ports: list[int], route: str, seconds: float) -> int:

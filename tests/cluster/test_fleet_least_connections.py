@@ -15,9 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.support import ManagedProcess, start_mock, start_proxies, start_redis
+from tests.cluster.fleet import (
+    Replica,
+    balanced_route,
+    chat_target,
+    declarative_config,
+    running_fleet,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -29,23 +34,10 @@ BODY = {"model": "any", "messages": [{"role": "user", "content": "take your time
 
 def _config(slow_port: int, fast_port: int) -> dict[str, Any]:
     def target(model: str, port: int, weight: int = 100) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        return {
-            "route_type": "llm/v1/chat",
-            "weight": weight,
-            "model": {"provider": "openai", "name": model, "options": {"upstream_url": url}},
-        }
+        return chat_target(model, port, weight=weight)
 
     def route(name: str, targets: list[dict[str, Any]], **balancer: Any) -> dict[str, Any]:
-        plugin = {
-            "name": "ai-proxy-advanced",
-            "instance_name": name,
-            "config": {
-                "balancer": {"algorithm": "least-connections", **balancer},
-                "targets": targets,
-            },
-        }
-        return {"name": name, "paths": [f"/{name}"], "plugins": [plugin]}
+        return balanced_route(name, {"algorithm": "least-connections", **balancer}, targets)
 
     timeouts = {"connect_timeout": 500, "write_timeout": 500, "read_timeout": 2000}
     routes = [
@@ -53,17 +45,14 @@ def _config(slow_port: int, fast_port: int) -> dict[str, Any]:
         route("mixed", [target("slow", slow_port), target("fast", fast_port)]),
         route("orphan", [target("orphan-a", slow_port), target("orphan-b", slow_port)], **timeouts),
     ]
-    return {
-        "_format_version": "3.0",
-        "services": [{"name": "llm", "url": "http://unused.invalid", "routes": routes}],
-    }
+    return declarative_config(routes)
 
 
 @dataclass
 class Fleet:
     slow: httpx.Client
     fast: httpx.Client
-    shared: list[tuple[ManagedProcess, int, int]]
+    shared: list[Replica]
     local: list[int]
 
     def reset(self) -> None:
@@ -86,28 +75,16 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     logs = tmp_path_factory.mktemp("fleet-lc")
-    processes: list[ManagedProcess] = []
-    try:
-        redis_proc, redis_port = start_redis(logs)
-        processes.append(redis_proc)
-        slow_proc, slow_port = start_mock(logs, "--latency-ms", str(SLOW_MS))
-        fast_proc, fast_port = start_mock(logs)
-        processes += [slow_proc, fast_proc]
-        config = logs / "kong.yaml"
-        config.write_text(yaml.safe_dump(_config(slow_port, fast_port)))
-        redis_url = f"redis://127.0.0.1:{redis_port}"
+    with running_fleet(
+        logs,
+        _config,
         # One more shared replica than the tests use: the orphan test kills it.
-        shared = start_proxies(logs, config, REPLICAS + 1, redis_url=redis_url)
-        local = start_proxies(logs, config, REPLICAS)
-        processes += [p for p, _, _ in shared + local]
-        with (
-            httpx.Client(base_url=f"http://127.0.0.1:{slow_port}", timeout=5) as slow,
-            httpx.Client(base_url=f"http://127.0.0.1:{fast_port}", timeout=5) as fast,
-        ):
-            yield Fleet(slow, fast, shared, [port for _, port, _ in local])
-    finally:
-        for proc in reversed(processes):
-            proc.stop()
+        shared=REPLICAS + 1,
+        local=REPLICAS,
+        mocks=[("--latency-ms", str(SLOW_MS)), ()],  # slow, fast
+    ) as started:
+        slow, fast = started.mocks
+        yield Fleet(slow, fast, started.shared, started.local_ports)
 
 
 async def _post(client: httpx.AsyncClient, port: int, route: str, delay_s: float = 0.0) -> int:

@@ -15,9 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.support import ManagedProcess, start_mock, start_proxies, start_redis
+from tests.cluster.fleet import balanced_route, chat_target, declarative_config, running_fleet
 
 pytestmark = pytest.mark.cluster
 
@@ -28,28 +27,14 @@ GROUPS = {"primary-a": 70, "primary-b": 70, "backup": 25}
 
 
 def _config(mock_port: int) -> dict[str, Any]:
-    url = f"http://127.0.0.1:{mock_port}/v1/chat/completions"
-    targets = [
-        {
-            "route_type": "llm/v1/chat",
-            "weight": weight,
-            "model": {"provider": "openai", "name": model, "options": {"upstream_url": url}},
-        }
-        for model, weight in GROUPS.items()
-    ]
+    targets = [chat_target(model, mock_port, weight=weight) for model, weight in GROUPS.items()]
     balancer = {
         "algorithm": "priority",
         "max_fails": 1,
         "fail_timeout": FAIL_TIMEOUT_MS,
         "failover_criteria": ["error", "timeout", "http_500"],
     }
-    plugin = {"name": "ai-proxy-advanced", "instance_name": "tiers"}
-    plugin["config"] = {"balancer": balancer, "targets": targets}
-    route = {"name": "tiers", "paths": ["/tiers"], "plugins": [plugin]}
-    return {
-        "_format_version": "3.0",
-        "services": [{"name": "llm", "url": "http://unused.invalid", "routes": [route]}],
-    }
+    return declarative_config([balanced_route("tiers", balancer, targets)])
 
 
 @dataclass
@@ -92,23 +77,8 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     logs = tmp_path_factory.mktemp("fleet-priority")
-    processes: list[ManagedProcess] = []
-    try:
-        redis_proc, redis_port = start_redis(logs)
-        processes.append(redis_proc)
-        mock_proc, mock_port = start_mock(logs, "--latency-ms", "5")
-        processes.append(mock_proc)
-        config = logs / "kong.yaml"
-        config.write_text(yaml.safe_dump(_config(mock_port)))
-        replicas = start_proxies(
-            logs, config, REPLICAS, redis_url=f"redis://127.0.0.1:{redis_port}"
-        )
-        processes += [p for p, _, _ in replicas]
-        with httpx.Client(base_url=f"http://127.0.0.1:{mock_port}", timeout=5) as mock:
-            yield Fleet(mock, [port for _, port, _ in replicas])
-    finally:
-        for proc in reversed(processes):
-            proc.stop()
+    with running_fleet(logs, _config, shared=REPLICAS, mocks=[("--latency-ms", "5")]) as started:
+        yield Fleet(started.mocks[0], started.shared_ports)
 
 
 def test_the_top_group_shares_everything_while_it_is_up(fleet: Fleet) -> None:
