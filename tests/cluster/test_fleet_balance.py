@@ -1,6 +1,6 @@
 """Fleet-wide balance: many replicas, one Redis, real processes and the OpenAI SDK.
 
-For every tokens_count_strategy (and for weights), 600 requests of heavy-tailed prompt
+For every tokens_count_strategy (and for weights), 1000 requests of heavy-tailed prompt
 sizes at concurrency 48, spread over 4 replicas that share one Redis, must leave the
 counted quantity per target (per unit of weight) within 3%, as the upstream counted it,
 and so must one replica alone on the embedded store. A low-traffic case shows
@@ -33,7 +33,7 @@ from tests.cluster.fleet import (
 
 pytestmark = pytest.mark.cluster
 
-REQUESTS = 600
+REQUESTS = 1000
 CONCURRENCY = 48
 REPLICAS = 4
 #: The low-traffic case: many replicas, each seeing only a few requests.
