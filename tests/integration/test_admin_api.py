@@ -560,3 +560,114 @@ def test_the_proxy_refuses_to_start_off_loopback_without_a_token(tmp_path: Path)
     assert result.returncode == 2
     assert "TOKENLB_ADMIN_TOKEN" in result.stderr
     assert "0.0.0.0" in result.stderr
+
+
+def curl_data(admin: httpx.Client, method: str, path: str, *fields: str) -> httpx.Response:
+    """What ``curl -X METHOD URL --data F1 --data F2 ...`` sends: the fields joined by
+    ``&`` as written, form-encoded."""
+    return admin.request(
+        method,
+        path,
+        content="&".join(fields).encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+
+def test_form_bodies_as_kongs_docs_write_them(
+    admin: httpx.Client, proxy: Proxy, mock: Mock
+) -> None:
+    """Kong's docs create entities with ``curl --data``: dotted keys, ``[]`` and indexed
+    arrays, numbers and booleans as text. The result serves like its JSON twin."""
+    created(curl_data(admin, "POST", "/services", "name=formed", f"url={mock.url}", "retries=2"))
+    route = created(
+        curl_data(
+            admin,
+            "POST",
+            "/services/formed/routes",
+            "name=formed",
+            "paths[]=/formed",
+            "methods=POST",
+            "methods=GET",
+            "strip_path=true",
+        )
+    )
+    assert (route["paths"], route["methods"], route["strip_path"]) == (
+        ["/formed"],
+        ["POST", "GET"],
+        True,
+    )
+    key_auth = created(
+        curl_data(admin, "POST", "/routes/formed/plugins", "name=key-auth", "config.key_names=k")
+    )
+    assert key_auth["config"]["key_names"] == ["k"]
+    created(curl_data(admin, "POST", "/consumers", "username=formed-user"))
+    created(curl_data(admin, "POST", "/consumers/formed-user/key-auth", "key=formed-key-0123"))
+    plugin = created(
+        curl_data(
+            admin,
+            "POST",
+            "/routes/formed/plugins",
+            "name=ai-proxy-advanced",
+            "config.balancer.algorithm=round-robin",
+            "config.balancer.retries=1",
+            "config.targets[1].route_type=llm/v1/chat",
+            "config.targets[1].model.provider=openai",
+            "config.targets[1].model.name=formed-model",
+            f"config.targets[1].model.options.upstream_url={mock.chat_url}",
+            "config.targets[1].model.options.max_tokens=64",
+            "config.targets[1].weight=50",
+            "config.targets[1].auth.header_name=Authorization",
+            f"config.targets[1].auth.header_value=Bearer {KEY}",
+        )
+    )
+    balancer = plugin["config"]["balancer"]
+    assert (balancer["algorithm"], balancer["retries"]) == ("round-robin", 1)
+    (entry,) = plugin["config"]["targets"]
+    assert (entry["weight"], entry["model"]["options"]["max_tokens"]) == (50, 64)
+    try:
+        patched = curl_data(admin, "PATCH", f"/plugins/{plugin['id']}", "config.balancer.retries=3")
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["config"]["balancer"]["retries"] == 3
+        mock.reset()
+        with openai.OpenAI(
+            base_url=f"{proxy.url}/formed/v1",
+            api_key="sdk-placeholder",
+            default_headers={"k": "formed-key-0123"},
+            max_retries=0,
+            timeout=15,
+        ) as client:
+            reply = client.chat.completions.create(model="formed-model", messages=messages())
+        assert reply.model == "formed-model"
+        assert [r["body"]["model"] for r in mock.requests()] == ["formed-model"]
+    finally:
+        for path in ("/consumers/formed-user", "/routes/formed", "/services/formed"):
+            assert admin.delete(path).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            ("name=bad", "paths[0]=/x"),
+            "Cannot parse form body: form key 'paths[0]': indexes count from 1",
+        ),
+        (
+            ("name=bad", "paths[x]=/x"),
+            "Cannot parse form body: cannot read the form key 'paths[x]'",
+        ),
+        (("name=bad", "paths=/x", "https_redirect_status_code=lots"), None),
+    ],
+)
+def test_a_bad_form_is_refused_and_stores_nothing(
+    admin: httpx.Client, fields: tuple[str, ...], message: str | None
+) -> None:
+    before = snapshot(admin)
+    response = curl_data(admin, "POST", "/routes", *fields)
+    assert response.status_code == 400, response.text
+    answer = response.json()
+    if message is not None:
+        assert answer == {"message": message}
+    else:
+        assert answer["name"] == "schema violation"
+        assert "https_redirect_status_code" in answer["fields"]
+    assert snapshot(admin) == before

@@ -97,7 +97,11 @@ def _admin_api(runtime: Runtime) -> Any:
         else:
             try:
                 status, body = await api.handle(
-                    request.method, path, request.query_params, await request.body()
+                    request.method,
+                    path,
+                    request.query_params,
+                    await request.body(),
+                    request.headers.get("content-type"),
                 )
             except Exception:
                 log.exception("Admin API: unexpected error on %s %s", request.method, path)

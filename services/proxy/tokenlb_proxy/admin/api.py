@@ -29,6 +29,7 @@ from urllib.parse import quote
 import msgspec
 
 from tokenlb_proxy.admin import crud, kong_errors
+from tokenlb_proxy.admin.forms import FormError, coerce_form_body, parse_form
 from tokenlb_proxy.admin.kong_errors import AdminError
 from tokenlb_proxy.config.errors import ConfigError
 from tokenlb_proxy.control.repository import ConfigConflict, StoredConfig
@@ -80,10 +81,18 @@ class AdminApi:
         self._control = control
 
     async def handle(
-        self, method: str, path: str, query: Mapping[str, str], body: bytes
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str],
+        body: bytes,
+        content_type: str | None = None,
     ) -> Response:
+        """``content_type``: the request's; form bodies are read as Kong reads them, any
+        other body as JSON (Kong's default too)."""
         try:
-            return await self._route(method, [s for s in path.split("/") if s], query, body)
+            segments = [s for s in path.split("/") if s]
+            return await self._route(method, segments, query, _Body(body, content_type))
         except AdminError as exc:
             return exc.status_code, exc.body
         except ConfigConflict:
@@ -97,24 +106,28 @@ class AdminApi:
             return 503, {"message": "the config store (Redis) is unreachable: try again later"}
 
     async def _route(
-        self, method: str, segments: list[str], query: Mapping[str, str], raw: bytes
+        self, method: str, segments: list[str], query: Mapping[str, str], raw: _Body
     ) -> Response:
         if not segments or segments[0] not in COLLECTIONS:
             raise kong_errors.not_found()
         kind = COLLECTIONS[segments[0]]
-        body = _decode(raw) if method in ("POST", "PUT", "PATCH") else None
+        writes = method in ("POST", "PUT", "PATCH")
         if len(segments) == 1:
+            body = raw.decode(kind) if writes else None
             return await self._collection(method, kind, None, segments, query, body)
         if len(segments) == 2:
+            body = raw.decode(kind) if writes else None
             return await self._entity(method, kind, segments[1], None, body)
         parent = segments[0], segments[2]
         if parent in NESTED:
             child_kind, field = NESTED[parent]
             scope = (field, kind, segments[1])
+            body = raw.decode(child_kind) if writes else None
             if len(segments) == 3:
                 return await self._collection(method, child_kind, scope, segments, query, body)
             if len(segments) == 4:
                 return await self._entity(method, child_kind, segments[3], scope, body)
+        body = raw.decode(None) if writes else None
         if parent == ("consumer_groups", "consumers") and len(segments) in (3, 4):
             return await self._members(method, segments, query, body, "consumer_groups")
         if parent == ("consumers", "consumer_groups") and len(segments) in (3, 4):
@@ -285,13 +298,28 @@ class AdminApi:
             raise crud.compile_error(exc, kind, written.get("index")) from None
 
 
-def _decode(raw: bytes) -> Any:
-    if not raw.strip():
-        return {}
-    try:
-        return msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        raise kong_errors.invalid_json() from None
+class _Body:
+    """A request body, decoded once the entity it describes is known (a form's strings
+    are typed by that entity's schema)."""
+
+    def __init__(self, raw: bytes, content_type: str | None) -> None:
+        self.raw = raw
+        media_type = (content_type or "").split(";", 1)[0].strip().lower()
+        self.form = media_type == "application/x-www-form-urlencoded"
+
+    def decode(self, kind: str | None) -> Any:
+        if not self.raw.strip():
+            return {}
+        if self.form:
+            try:
+                body = parse_form(self.raw)
+            except FormError as exc:
+                raise kong_errors.invalid_form(str(exc)) from None
+            return coerce_form_body(kind, body) if kind is not None else body
+        try:
+            return msgspec.json.decode(self.raw)
+        except msgspec.DecodeError:
+            raise kong_errors.invalid_json() from None
 
 
 def _method_not_allowed() -> Response:

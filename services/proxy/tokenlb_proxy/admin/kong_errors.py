@@ -64,6 +64,10 @@ def invalid_json() -> AdminError:
     return AdminError(400, {"message": "Cannot parse JSON body"})
 
 
+def invalid_form(reason: str) -> AdminError:
+    return AdminError(400, {"message": f"Cannot parse form body: {reason}"})
+
+
 def unauthorized() -> AdminError:
     return AdminError(401, {"message": "Invalid credentials. Token or User credentials required"})
 
