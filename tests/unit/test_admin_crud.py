@@ -493,6 +493,27 @@ def test_api_pages_in_id_order_with_kongs_links() -> None:
     assert small["next"].endswith("&size=50")
 
 
+def test_api_filters_lists_by_tags_as_kong_does() -> None:
+    api = Api(base_doc())
+    for name, tags in (("ab", ["a", "b"]), ("a", ["a"]), ("b", ["b"]), ("none", None)):
+        assert api("POST", "/consumers", {"username": f"tagged-{name}", "tags": tags})[0] == 201
+
+    def names(tags: str) -> set[str]:
+        status, page = api("GET", "/consumers", tags=tags)
+        assert status == 200, page
+        return {c["username"] for c in page["data"]} - {"alice"}
+
+    assert names("a,b") == {"tagged-ab"}
+    assert names("a/b") == {"tagged-ab", "tagged-a", "tagged-b"}
+    assert names("a") == {"tagged-ab", "tagged-a"}
+    assert names("zzz") == set()
+    _, page = api("GET", "/consumers", tags="a/b", size="1")
+    assert page["next"].endswith("&size=1&tags=a/b")
+    status, refused = api("GET", "/consumers", tags="a,b/c")
+    assert (status, refused["code"], refused["name"]) == (400, 11, "invalid options")
+    assert refused["message"] == "invalid option (tags: cannot mix 'or' and 'and')"
+
+
 @pytest.mark.parametrize(
     ("query", "message"),
     [

@@ -152,6 +152,7 @@ class AdminApi:
                 field, parent_kind, key = scope
                 parent = crud.get(doc, parent_kind, key)
                 items = [e for e in items if e.get(field) == {"id": parent["id"]}]
+            items = _tagged(items, query.get("tags"))
             return 200, _page([crud.present(kind, e) for e in items], segments, query)
         if method != "POST":
             return _method_not_allowed()
@@ -362,6 +363,21 @@ def _group_view(doc: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _tagged(items: list[dict[str, Any]], tags: str | None) -> list[dict[str, Any]]:
+    """Kong's ``?tags=`` filter: ``a,b`` lists entities tagged with both, ``a/b`` with
+    either; the two cannot be mixed."""
+    if not tags:
+        return items
+    if "," in tags and "/" in tags:
+        raise kong_errors.invalid_tags("cannot mix 'or' and 'and'")
+    wanted = set(tags.replace("/", ",").split(","))
+    if "" in wanted:
+        raise kong_errors.invalid_tags("empty tag")
+    if "/" in tags:
+        return [e for e in items if wanted & set(e.get("tags") or ())]
+    return [e for e in items if wanted <= set(e.get("tags") or ())]
+
+
 def _page(items: list[dict[str, Any]], segments: list[str], query: Mapping[str, str]) -> Any:
     """One page of ``items`` (in id order) and the link to the next, as Kong pages."""
     size_arg = query.get("size")
@@ -383,6 +399,8 @@ def _page(items: list[dict[str, Any]], segments: list[str], query: Mapping[str, 
         token = base64.urlsafe_b64encode(str(page[-1]["id"]).encode()).decode().rstrip("=")
         link = f"/{'/'.join(quote(s, safe='') for s in segments)}?offset={quote(token)}"
         body["next"] = link + (f"&size={size}" if size_arg is not None else "")
+        if query.get("tags"):
+            body["next"] += f"&tags={quote(query['tags'], safe=',/')}"
         body["offset"] = token
     return body
 

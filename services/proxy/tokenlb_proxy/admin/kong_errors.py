@@ -45,6 +45,7 @@ FOREIGN_KEY_VIOLATION = 4
 UNIQUE_VIOLATION = 5
 INVALID_OFFSET = 7
 INVALID_SIZE = 9
+INVALID_OPTIONS = 11
 
 
 class AdminError(Exception):
@@ -81,6 +82,10 @@ def _coded(status: int, code: int, name: str, message: str, fields: Any = None) 
 
 def invalid_size(message: str) -> AdminError:
     return _coded(400, INVALID_SIZE, "invalid size", message)
+
+
+def invalid_tags(reason: str) -> AdminError:
+    return _coded(400, INVALID_OPTIONS, "invalid options", f"invalid option (tags: {reason})")
 
 
 def invalid_offset(offset: str) -> AdminError:
