@@ -195,18 +195,27 @@ def start_proxies(
     redis_url: str | None = None,
     env: dict[str, str] | None = None,
 ) -> list[tuple[ManagedProcess, int, int]]:
-    """``count`` replicas started side by side (faster than one after another)."""
+    """``count`` replicas started side by side (faster than one after another); when one
+    fails to start, the others are stopped before the error propagates."""
     started: list[tuple[ManagedProcess, int, int]] = []
-    for _ in range(count):
-        port, admin_port = free_port(), free_port()
-        args = ["proxy", "--config", str(config), "--port", str(port)]
-        args += ["--admin-port", str(admin_port)]
-        if redis_url:
-            args += ["--redis-url", redis_url]
-        proc = ManagedProcess(f"proxy-{port}", tokenlb_command(*args), log_dir, env)
-        started.append((proc, port, admin_port))
-    for proc, port, admin_port in started:
-        proc.wait_until(
-            lambda p=port, a=admin_port: port_open(p) and http_ok(f"http://127.0.0.1:{a}/status")
-        )
+    try:
+        for _ in range(count):
+            port, admin_port = free_port(), free_port()
+            args = ["proxy", "--config", str(config), "--port", str(port)]
+            args += ["--admin-port", str(admin_port)]
+            if redis_url:
+                args += ["--redis-url", redis_url]
+            proc = ManagedProcess(f"proxy-{port}", tokenlb_command(*args), log_dir, env)
+            started.append((proc, port, admin_port))
+        for proc, port, admin_port in started:
+            proc.wait_until(_serving(port, admin_port))
+    except BaseException:
+        for proc, _, _ in started:
+            proc.stop()
+        raise
     return started
+
+
+def _serving(port: int, admin_port: int) -> Callable[[], bool]:
+    """Whether a replica answers on its proxy port and its admin ``/status``."""
+    return lambda: port_open(port) and http_ok(f"http://127.0.0.1:{admin_port}/status")
