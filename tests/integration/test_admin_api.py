@@ -671,3 +671,61 @@ def test_a_bad_form_is_refused_and_stores_nothing(
         assert answer["name"] == "schema violation"
         assert "https_redirect_status_code" in answer["fields"]
     assert snapshot(admin) == before
+
+
+def declarative_text(mock: Mock, model: str) -> str:
+    """A whole kong.yaml, as DB-less Kong users post it: one service, route and plugin
+    on the mock, the key as a vault reference the replica resolves."""
+    entry = target(model, mock.chat_url)
+    entry["auth"]["header_value"] = "Bearer {vault://env/OPENAI_API_KEY}"
+    plugin = {"name": "ai-proxy-advanced", "config": {"targets": [entry]}}
+    route = {"name": "whole", "paths": ["/whole"], "plugins": [plugin]}
+    service = {"name": "whole", "url": mock.url, "routes": [route]}
+    return yaml.safe_dump({"_format_version": "3.0", "services": [service]})
+
+
+def test_post_config_replaces_the_whole_config_as_db_less_kong_does(
+    admin: httpx.Client, proxy: Proxy, mock: Mock
+) -> None:
+    before = admin.get("/config")
+    assert before.status_code == 200
+    original = before.json()["config"]
+    assert "base-service" in original
+    try:
+        text = declarative_text(mock, "whole-model-1")
+        # curl -F config=@kong.yaml
+        loaded = admin.post("/config", files={"config": ("kong.yaml", text.encode())})
+        assert loaded.status_code == 201, loaded.text
+        body = loaded.json()
+        assert [s["name"] for s in body["services"].values()] == ["whole"]
+        assert [r["name"] for r in body["routes"].values()] == ["whole"]
+        (plugin,) = body["plugins"].values()
+        assert plugin["config"]["targets"][0]["auth"]["header_value"] == (
+            "Bearer {vault://env/OPENAI_API_KEY}"
+        )
+        assert [e["username"] for e in admin.get("/consumers").json()["data"]] == []
+        for model, send in (
+            ("whole-model-1", None),
+            # the file as the body, and as JSON's "config" field
+            ("whole-model-2", {"content": declarative_text(mock, "whole-model-2").encode()}),
+            ("whole-model-3", {"json": {"config": declarative_text(mock, "whole-model-3")}}),
+        ):
+            if send is not None:
+                assert admin.post("/config", **send).status_code == 201
+            mock.reset()
+            with proxy.client("whole") as client:
+                reply = client.chat.completions.create(model=model, messages=messages())
+            assert reply.model == model
+            assert [r["body"]["model"] for r in mock.requests()] == [model]
+        # Invalid: Kong's error, nothing stored.
+        kept = snapshot(admin)
+        refused = admin.post("/config", content=b"_format_version: '3.0'\nservices: [{url: 7}]\n")
+        assert refused.status_code == 400, refused.text
+        answer = refused.json()
+        assert (answer["code"], answer["name"]) == (14, "invalid declarative configuration")
+        assert answer["message"].startswith("declarative config is invalid: ")
+        assert snapshot(admin) == kept
+    finally:
+        restored = admin.post("/config", files={"config": ("kong.yaml", original.encode())})
+        assert restored.status_code == 201, restored.text
+    assert admin.get("/config").json()["config"] == original

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from tokenlb_proxy.admin import crud, kong_errors
+from tokenlb_proxy.admin import crud, declarative, kong_errors
 from tokenlb_proxy.admin.forms import FormError, coerce_form_body, parse_form
 from tokenlb_proxy.admin.kong_errors import AdminError
 from tokenlb_proxy.config.errors import ConfigError
@@ -108,6 +108,8 @@ class AdminApi:
     async def _route(
         self, method: str, segments: list[str], query: Mapping[str, str], raw: _Body
     ) -> Response:
+        if segments == ["config"]:
+            return await self._declarative(method, raw)
         if not segments or segments[0] not in COLLECTIONS:
             raise kong_errors.not_found()
         kind = COLLECTIONS[segments[0]]
@@ -282,6 +284,17 @@ class AdminApi:
 
     # --------------------------------------------------------------------- writes
 
+    async def _declarative(self, method: str, body: _Body) -> Response:
+        if method == "GET":
+            return 200, declarative.dump((await self._control().current()).document)
+        if method != "POST":
+            return _method_not_allowed()
+        text = declarative.config_text(body.raw, body.content_type)
+        try:
+            return 201, await self._control().update(lambda doc: declarative.replace(doc, text))
+        except ConfigError as exc:
+            raise declarative.declarative_error(exc) from None
+
     async def _write(self, kind: str, change: Callable[[dict[str, Any]], T]) -> T:
         """Run ``change`` through the config manager; a compile failure becomes a schema
         violation of the entity the change wrote."""
@@ -305,6 +318,7 @@ class _Body:
 
     def __init__(self, raw: bytes, content_type: str | None) -> None:
         self.raw = raw
+        self.content_type = content_type
         media_type = (content_type or "").split(";", 1)[0].strip().lower()
         self.form = media_type == "application/x-www-form-urlencoded"
 

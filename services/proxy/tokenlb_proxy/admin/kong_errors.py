@@ -46,6 +46,7 @@ UNIQUE_VIOLATION = 5
 INVALID_OFFSET = 7
 INVALID_SIZE = 9
 INVALID_OPTIONS = 11
+INVALID_DECLARATIVE = 14
 
 
 class AdminError(Exception):
@@ -82,6 +83,11 @@ def _coded(status: int, code: int, name: str, message: str, fields: Any = None) 
 
 def invalid_size(message: str) -> AdminError:
     return _coded(400, INVALID_SIZE, "invalid size", message)
+
+
+def invalid_declarative(reason: str, fields: dict[str, str] | None = None) -> AdminError:
+    message = f"declarative config is invalid: {reason}"
+    return _coded(400, INVALID_DECLARATIVE, "invalid declarative configuration", message, fields)
 
 
 def invalid_tags(reason: str) -> AdminError:
