@@ -801,3 +801,14 @@ def test_a_kong_yaml_with_only_consumers_is_read_as_one() -> None:
         "consumers:\n- username: alice\n  keyauth_credentials: [{key: k-alice-0001}]\n", {}
     )
     assert [c.username for c in doc.consumers] == ["alice"]
+
+
+def test_a_yaml_error_says_where_without_quoting_the_line() -> None:
+    """PyYAML quotes the offending line, which may hold a literal API key; the error
+    (logged, and answered by the Admin API) gives the line and column instead."""
+    text = "services:\n- name: a\n  routes: [\n  key: sk-literal-secret-0123 : oops\n"
+    with pytest.raises(ConfigError) as caught:
+        parse_document(text, {})
+    message = str(caught.value)
+    assert "sk-literal-secret" not in message
+    assert "at line 4, column" in message

@@ -63,7 +63,8 @@ def parse_document(text: str, environ: Mapping[str, str]) -> DeclarativeConfig:
     try:
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
-        raise ConfigError([FieldError("", f"not valid YAML or JSON: {exc}")]) from exc
+        problem = f"not valid YAML or JSON: {_yaml_problem(exc)}"
+        raise ConfigError([FieldError("", problem)]) from None
     if not documents:
         raise ConfigError([FieldError("", "the file is empty")])
     errors: list[FieldError] = []
@@ -75,6 +76,17 @@ def parse_document(text: str, environ: Mapping[str, str]) -> DeclarativeConfig:
         return msgspec.convert(merged, DeclarativeConfig)
     except msgspec.ValidationError as exc:
         raise ConfigError(schema_errors(merged, DeclarativeConfig, "")) from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without PyYAML's quote of the offending line: that line
+    may hold an API key, and the message goes to logs and Admin API answers."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return type(exc).__name__
+    parts = [p for p in (exc.context, exc.problem) if p]
+    mark = exc.problem_mark or exc.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{', '.join(parts) or 'cannot parse'}{where}"
 
 
 def substitute_env(
