@@ -258,19 +258,19 @@ class LocalStore:
         lowest average among measured targets, else (nothing measured yet) explore the one
         explored longest ago."""
         stats = [state.latency.setdefault(c.target_id, _Latency()) for c in candidates]
-        open_ = [i for i, ok in enumerate(available) if ok]
+        candidates_up = [i for i, ok in enumerate(available) if ok]
         due = [
             i
-            for i in open_
+            for i in candidates_up
             if _last_seen_ms(stats[i]) < 0 or now_ms - _last_seen_ms(stats[i]) >= half_life_ms
         ]
-        measured = [i for i in open_ if stats[i].average is not None]
+        measured = [i for i in candidates_up if stats[i].average is not None]
         if due:
             best = due[0]
         elif measured:
             best = min(measured, key=lambda i: stats[i].average or 0.0)
         else:
-            best = min(open_, key=lambda i: stats[i].probe_ms or -1)
+            best = min(candidates_up, key=lambda i: stats[i].probe_ms or -1)
         if due or not measured:
             stats[best].probe_ms = now_ms
         return best, stats[best].average or 0.0
