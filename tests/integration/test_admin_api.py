@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -729,3 +730,36 @@ def test_post_config_replaces_the_whole_config_as_db_less_kong_does(
         restored = admin.post("/config", files={"config": ("kong.yaml", original.encode())})
         assert restored.status_code == 201, restored.text
     assert admin.get("/config").json()["config"] == original
+
+
+def test_a_key_with_a_ttl_stops_working_when_it_runs_out(
+    admin: httpx.Client, proxy: Proxy, mock: Mock
+) -> None:
+    created(admin.post("/services", json={"name": "brief", "url": mock.url}))
+    created(admin.post("/services/brief/routes", json={"name": "brief", "paths": ["/brief"]}))
+    created(admin.post("/routes/brief/plugins", json={"name": "key-auth"}))
+    created(admin.post("/routes/brief/plugins", json=targets_body("brief-model", mock)))
+    created(admin.post("/consumers", json={"username": "brief-user"}))
+    credential = created(
+        admin.post("/consumers/brief-user/key-auth", json={"key": "brief-key-0123", "ttl": 2})
+    )
+    try:
+        with openai.OpenAI(
+            base_url=f"{proxy.url}/brief/v1",
+            api_key="sdk-placeholder",
+            default_headers={"apikey": "brief-key-0123"},
+            max_retries=0,
+            timeout=15,
+        ) as client:
+            reply = client.chat.completions.create(model="brief-model", messages=messages())
+            assert reply.model == "brief-model"
+            time.sleep(credential["created_at"] + 2 - time.time() + 0.2)
+            mock.reset()
+            with pytest.raises(openai.AuthenticationError):
+                client.chat.completions.create(model="brief-model", messages=messages())
+            assert mock.requests() == []
+        shown = admin.get(f"/consumers/brief-user/key-auth/{credential['id']}").json()
+        assert shown["ttl"] == 0
+    finally:
+        for path in ("/consumers/brief-user", "/routes/brief", "/services/brief"):
+            assert admin.delete(path).status_code == 204

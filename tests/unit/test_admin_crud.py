@@ -618,3 +618,19 @@ async def test_api_answers_503_while_redis_is_unreachable() -> None:
             assert "unreachable" in answer["message"]
     finally:
         await repository.close()
+
+
+def test_a_credentials_ttl_is_shown_as_what_is_left_of_it() -> None:
+    entity = {"id": "c", "key": "k", "ttl": 60, "created_at": 1_000}
+    assert crud.present("keyauth_credentials", entity, now=1_000)["ttl"] == 60
+    assert crud.present("keyauth_credentials", entity, now=1_045.5)["ttl"] == 15
+    assert crud.present("keyauth_credentials", entity, now=2_000)["ttl"] == 0
+    assert entity["ttl"] == 60  # the stored value is not changed
+    api = Api(base_doc())
+    assert api("POST", "/consumers", {"username": "temp"})[0] == 201
+    status, created = api("POST", "/consumers/temp/key-auth", {"key": "temp-key-0123", "ttl": 30})
+    assert status == 201, created
+    assert 29 <= created["ttl"] <= 30
+    status, refused = api("POST", "/consumers/temp/key-auth", {"key": "other-key-01", "ttl": -5})
+    assert status == 400, refused
+    assert refused["fields"] == {"ttl": "value must be at least 0"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from tokenlb_proxy import auth as auth_module
 from tokenlb_proxy.auth import NOBODY, HiddenHeaders, authenticate
-from tokenlb_proxy.config import compile_gateway, parse_document
+from tokenlb_proxy.config import ConfigError, compile_gateway, parse_document
 from tokenlb_proxy.errors import Unauthorized
 from tokenlb_proxy.plan import KeyAuthPlan
 from tokenlb_proxy.routing import match_route
@@ -20,7 +21,7 @@ ALICE = "alice-key-0c0ffee"
 BOB = "bob-key-d00dfeed"
 
 
-def key_auth_plan(**config: Any) -> KeyAuthPlan:
+def key_auth_plan(alice_credential: dict[str, Any] | None = None, **config: Any) -> KeyAuthPlan:
     doc = {
         "_format_version": "3.0",
         "consumers": [
@@ -28,7 +29,7 @@ def key_auth_plan(**config: Any) -> KeyAuthPlan:
                 "username": "alice",
                 "id": "a-1",
                 "groups": ["gold", "beta"],
-                "keyauth_credentials": [{"key": ALICE, "id": "cred-a"}],
+                "keyauth_credentials": [{"key": ALICE, "id": "cred-a", **(alice_credential or {})}],
             },
             {"username": "bob", "keyauth_credentials": [{"key": BOB}]},
             {"username": "guest", "custom_id": "g-7"},
@@ -211,3 +212,22 @@ def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> 
     # An unknown key is not compared byte by byte with anything: its digest finds nothing.
     refusal(plan, (("apikey", "nobody-has-this"),))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("age_s", "ttl", "served"), [(10, 60, True), (61, 60, False), (10**6, 0, True)]
+)
+def test_a_key_expires_ttl_seconds_after_its_creation(age_s: int, ttl: int, served: bool) -> None:
+    plan = key_auth_plan({"ttl": ttl, "created_at": int(time.time()) - age_s})
+    if served:
+        assert run(plan, (("apikey", ALICE),)).consumer is not None
+    else:
+        assert refusal(plan, (("apikey", ALICE),)).message == "Unauthorized"
+    assert run(plan, (("apikey", BOB),)).consumer is not None  # other keys are unaffected
+
+
+def test_a_negative_ttl_is_refused() -> None:
+    with pytest.raises(
+        ConfigError, match=r"keyauth_credentials\[0\]\.ttl: value must be at least 0"
+    ):
+        key_auth_plan({"ttl": -1})

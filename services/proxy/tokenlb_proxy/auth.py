@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -83,7 +84,11 @@ def authenticate(
         else:
             presented = key.encode()
             credential = plan.credentials.get(hashlib.sha256(presented).digest())
-            if credential is not None and hmac.compare_digest(credential.key, presented):
+            if (
+                credential is not None
+                and hmac.compare_digest(credential.key, presented)
+                and (credential.expires_at is None or time.time() < credential.expires_at)
+            ):
                 return Authenticated(credential.consumer, credential.upstream_headers, hidden)
             failure = INVALID_KEY
     if plan.anonymous is not None:

@@ -140,6 +140,9 @@ class Credential:
     consumer: ConsumerIdentity
     #: Kong's ``X-Consumer-*`` / ``X-Credential-Identifier`` headers for the upstream call.
     upstream_headers: tuple[tuple[str, str], ...]
+    #: ``time.time()`` from which the key no longer identifies anyone (its ``ttl``
+    #: counted from ``created_at``); None: it does not expire.
+    expires_at: float | None = None
 
     def __repr__(self) -> str:
         # The key never reaches a log through a repr.

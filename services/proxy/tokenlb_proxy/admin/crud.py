@@ -15,7 +15,9 @@ consumer group its plugins and memberships; a DELETE of nothing is a 204.
 from __future__ import annotations
 
 import copy
+import math
 import secrets
+import time
 import typing
 import uuid
 from bisect import insort
@@ -111,12 +113,18 @@ def index_of(doc: dict[str, Any], kind: str, entity_id: str) -> int | None:
     return next((i for i, e in enumerate(doc.get(kind, ())) if e["id"] == entity_id), None)
 
 
-def present(kind: str, entity: dict[str, Any]) -> dict[str, Any]:
-    """``entity`` as the Admin API shows it (without the document's bookkeeping)."""
+def present(kind: str, entity: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """``entity`` as the Admin API shows it (without the document's bookkeeping); a
+    key-auth credential's ``ttl`` is what is left of it at ``now``, as Kong shows it."""
     hidden = _INTERNAL.get(kind, ())
     if kind == "services":
         hidden = ("url",)  # Kong answers with protocol, host, port and path
-    return {k: v for k, v in entity.items() if k not in hidden}
+    shown = {k: v for k, v in entity.items() if k not in hidden}
+    ttl, created_at = shown.get("ttl"), shown.get("created_at")
+    if kind == "keyauth_credentials" and ttl and created_at is not None:
+        left = created_at + ttl - (time.time() if now is None else now)
+        shown["ttl"] = max(0, math.ceil(left))
+    return shown
 
 
 # --------------------------------------------------------------------------- writes

@@ -10,6 +10,7 @@ duplicates are reported the way Kong refuses them, and no error ever shows a key
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 
 from tokenlb_proxy.config.declarative import (
@@ -24,7 +25,6 @@ from tokenlb_proxy.config.key_auth import KeyAuthConfig, check_key_auth_config
 from tokenlb_proxy.config.loader import decode
 from tokenlb_proxy.config.scopes import ref_value
 from tokenlb_proxy.config.secrets import SecretResolver
-from tokenlb_proxy.config.support import NOT_SUPPORTED
 from tokenlb_proxy.plan import ConsumerIdentity, Credential, KeyAuthPlan
 
 __all__ = ["People", "compile_consumers", "compile_key_auth"]
@@ -123,8 +123,8 @@ def compile_consumers(
         key = secrets.resolve(credential.key, f"{path}.key", errors)
         if len(errors) == reported and not key:
             errors.append(FieldError(f"{path}.key", "length must be at least 1"))
-        if credential.ttl is not None:
-            errors.append(FieldError(f"{path}.ttl", f"{NOT_SUPPORTED} (keys do not expire)"))
+        if credential.ttl is not None and credential.ttl < 0:
+            errors.append(FieldError(f"{path}.ttl", "value must be at least 0"))
         if len(errors) > reported:
             return
         digest = hashlib.sha256(key.encode()).digest()
@@ -137,7 +137,10 @@ def compile_consumers(
         if credential.id is not None:
             headers += (("x-credential-identifier", credential.id),)
         people.credentials[digest] = Credential(
-            key=key.encode(), consumer=owner, upstream_headers=headers
+            key=key.encode(),
+            consumer=owner,
+            upstream_headers=headers,
+            expires_at=_expiry(credential),
         )
 
     for index, consumer in enumerate(doc.consumers):
@@ -225,3 +228,13 @@ def _consumer_headers(consumer: ConsumerIdentity) -> tuple[tuple[str, str], ...]
         ("x-consumer-groups", ", ".join(consumer.groups) or None),
     )
     return tuple((name, value) for name, value in headers if value is not None)
+
+
+def _expiry(credential: KeyAuthCredential) -> float | None:
+    """When ``credential`` stops working: its ``ttl`` counted from its creation, as Kong
+    counts it (a ttl of 0, like none, never expires). A credential without a creation time
+    (a file read without normalising) counts from now."""
+    if not credential.ttl:
+        return None
+    created = credential.created_at if credential.created_at is not None else time.time()
+    return created + credential.ttl
