@@ -25,7 +25,6 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import (
     ClusterError,
     ReadOnlyError,
@@ -45,7 +44,7 @@ from tokenlb_proxy.keys import (
     balancer_keys,
 )
 from tokenlb_proxy.rollups import LATENCY_FIELD_PREFIX, latency_bucket
-from tokenlb_proxy.scripts import lua_source
+from tokenlb_proxy.scripts import LuaScript
 from tokenlb_proxy.store.connect import RedisClient, connect_redis
 
 __all__ = ["Aggregator", "AggregatorStats"]
@@ -102,8 +101,8 @@ class Aggregator:
         self.sink = sink
         self.spans = spans
         self.stats = AggregatorStats()
-        self._apply_events: AsyncScript = self.client.register_script(lua_source("apply_events"))
-        self._roll_epoch: AsyncScript = self.client.register_script(lua_source("roll_epoch"))
+        self._apply_events = LuaScript(self.client, "apply_events")
+        self._roll_epoch = LuaScript(self.client, "roll_epoch")
         self._balancers: dict[str, _Balancer] = {}
         self._due: dict[str, float] = {}
         self._stopping = asyncio.Event()
@@ -170,7 +169,7 @@ class Aggregator:
         for balancer in self._balancers.values():
             keys = balancer.keys
             await self._roll_epoch(
-                keys=[keys.usage, keys.meta], args=[repr(self.settings.roll_min_half_lives)]
+                [keys.usage, keys.meta], [repr(self.settings.roll_min_half_lives)]
             )
 
     async def close(self) -> None:
@@ -290,8 +289,8 @@ class Aggregator:
         if not events:
             return 0
         applied: list[str] = await self._apply_events(
-            keys=[keys.events, *rollup_keys],
-            args=[self.settings.group, self.settings.rollup_retention_s, len(events), *args],
+            [keys.events, *rollup_keys],
+            [self.settings.group, self.settings.rollup_retention_s, len(events), *args],
         )
         self.stats.applied += len(applied)
         self.stats.skipped += len(events) - len(applied)

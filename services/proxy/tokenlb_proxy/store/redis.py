@@ -6,17 +6,14 @@ Works the same on one server, a Redis Cluster or a Sentinel-watched master (see
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any, cast
-
-from redis.exceptions import NoScriptError
 
 from tokenlb_proxy.events import EVENT_FIELD, UsageEvent, encode_event
 from tokenlb_proxy.keys import BALANCERS_KEY, BalancerKeys
 from tokenlb_proxy.redis_outage import is_outage
 from tokenlb_proxy.rollups import MinuteRollup, parse_rollup_hash
-from tokenlb_proxy.scripts import lua_source
+from tokenlb_proxy.scripts import LuaScript
 from tokenlb_proxy.store.base import (
     DEFAULT_ROLL_AFTER,
     DEFAULT_STREAM_MAX_LEN,
@@ -51,8 +48,8 @@ class RedisStore:
         self.emit_events = emit_events
         self._roll_after = str(roll_after)
         self._stream_max_len = str(stream_max_len)
-        self._select_target = _Script(client, lua_source("select_target"))
-        self._record_usage = _Script(client, lua_source("record_usage"))
+        self._select_target = LuaScript(client, "select_target")
+        self._record_usage = LuaScript(client, "record_usage")
 
     async def select(
         self,
@@ -222,25 +219,6 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.client.aclose()
-
-
-class _Script:
-    """A Lua script called by its SHA1, loaded again when the server does not know it
-    (restarted, flushed, or another node): what redis-py's ``AsyncScript`` does, without
-    its per-call import and ``isinstance`` check against a Protocol (~1 % of a replica's
-    CPU on the request path, py-spy)."""
-
-    def __init__(self, client: RedisClient, source: str) -> None:
-        self.client = client
-        self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
-
-    async def __call__(self, keys: Sequence[str], args: Sequence[str | int | float | bytes]) -> Any:
-        try:
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self.sha = await self.client.script_load(self.source)
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 def _totals_from_hash(
