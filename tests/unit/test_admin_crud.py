@@ -624,8 +624,10 @@ def test_a_credentials_ttl_is_shown_as_what_is_left_of_it() -> None:
     entity = {"id": "c", "key": "k", "ttl": 60, "created_at": 1_000}
     assert crud.present("keyauth_credentials", entity, now=1_000)["ttl"] == 60
     assert crud.present("keyauth_credentials", entity, now=1_045.5)["ttl"] == 15
-    assert crud.present("keyauth_credentials", entity, now=2_000)["ttl"] == 0
     assert entity["ttl"] == 60  # the stored value is not changed
+    assert not crud.expired("keyauth_credentials", entity, now=1_059.9)
+    assert crud.expired("keyauth_credentials", entity, now=1_060)
+    assert not crud.expired("keyauth_credentials", {**entity, "ttl": 0}, now=10**9)
     api = Api(base_doc())
     assert api("POST", "/consumers", {"username": "temp"})[0] == 201
     status, created = api("POST", "/consumers/temp/key-auth", {"key": "temp-key-0123", "ttl": 30})

@@ -154,8 +154,9 @@ class AdminApi:
                 field, parent_kind, key = scope
                 parent = crud.get(doc, parent_kind, key)
                 items = [e for e in items if e.get(field) == {"id": parent["id"]}]
-            items = _tagged(items, query.get("tags"))
-            return 200, _page([crud.present(kind, e) for e in items], segments, query)
+            now = time.time()
+            items = [e for e in _tagged(items, query.get("tags")) if not crud.expired(kind, e, now)]
+            return 200, _page([crud.present(kind, e, now) for e in items], segments, query)
         if method != "POST":
             return _method_not_allowed()
         now = int(time.time())
@@ -180,6 +181,8 @@ class AdminApi:
             entity = _scoped_entity(doc, kind, key, scope)
             if kind == "consumer_groups":
                 return 200, _group_view(doc, entity)
+            if crud.expired(kind, entity, time.time()):
+                raise kong_errors.not_found()
             return 200, crud.present(kind, entity)
         now = int(time.time())
         if method == "PATCH":

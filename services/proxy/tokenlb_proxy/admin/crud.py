@@ -113,6 +113,19 @@ def index_of(doc: dict[str, Any], kind: str, entity_id: str) -> int | None:
     return next((i for i, e in enumerate(doc.get(kind, ())) if e["id"] == entity_id), None)
 
 
+def expired(kind: str, entity: dict[str, Any], now: float) -> bool:
+    """Whether ``entity`` is a key-auth credential whose ``ttl`` has run out: Kong deletes
+    those, so the Admin API no longer shows them (the stored document keeps them until
+    they are deleted; no replica accepts their key)."""
+    ttl, created_at = entity.get("ttl"), entity.get("created_at")
+    return (
+        kind == "keyauth_credentials"
+        and bool(ttl)
+        and created_at is not None
+        and (created_at + ttl <= now)
+    )
+
+
 def present(kind: str, entity: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     """``entity`` as the Admin API shows it (without the document's bookkeeping); a
     key-auth credential's ``ttl`` is what is left of it at ``now``, as Kong shows it."""
