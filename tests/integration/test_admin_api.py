@@ -206,11 +206,13 @@ def test_a_patch_changes_what_the_proxy_serves(
     assert admin.get(f"/plugins/{plugin['id']}").status_code == 404  # deleted with its route
 
 
-def keyed_client(proxy: Proxy, key: str | None) -> openai.OpenAI:
-    """An SDK client for the ``/keyed`` route sending ``key`` in key-auth's header."""
-    headers = {"apikey": key} if key is not None else {}
+def keyed_client(
+    proxy: Proxy, key: str | None, route: str = "keyed", header: str = "apikey"
+) -> openai.OpenAI:
+    """An SDK client for ``/<route>`` sending ``key`` in key-auth's ``header``."""
+    headers = {header: key} if key is not None else {}
     return openai.OpenAI(
-        base_url=f"{proxy.url}/keyed/v1",
+        base_url=f"{proxy.url}/{route}/v1",
         api_key="sdk-placeholder",  # sent as Authorization, which key-auth does not read
         default_headers=headers,
         max_retries=0,
@@ -630,13 +632,7 @@ def test_form_bodies_as_kongs_docs_write_them(
         assert patched.status_code == 200, patched.text
         assert patched.json()["config"]["balancer"]["retries"] == 3
         mock.reset()
-        with openai.OpenAI(
-            base_url=f"{proxy.url}/formed/v1",
-            api_key="sdk-placeholder",
-            default_headers={"k": "formed-key-0123"},
-            max_retries=0,
-            timeout=15,
-        ) as client:
+        with keyed_client(proxy, "formed-key-0123", "formed", header="k") as client:
             reply = client.chat.completions.create(model="formed-model", messages=messages())
         assert reply.model == "formed-model"
         assert [r["body"]["model"] for r in mock.requests()] == ["formed-model"]
@@ -744,13 +740,7 @@ def test_a_key_with_a_ttl_stops_working_when_it_runs_out(
         admin.post("/consumers/brief-user/key-auth", json={"key": "brief-key-0123", "ttl": 2})
     )
     try:
-        with openai.OpenAI(
-            base_url=f"{proxy.url}/brief/v1",
-            api_key="sdk-placeholder",
-            default_headers={"apikey": "brief-key-0123"},
-            max_retries=0,
-            timeout=15,
-        ) as client:
+        with keyed_client(proxy, "brief-key-0123", "brief") as client:
             reply = client.chat.completions.create(model="brief-model", messages=messages())
             assert reply.model == "brief-model"
             time.sleep(credential["created_at"] + 2 - time.time() + 0.2)
