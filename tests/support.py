@@ -6,6 +6,7 @@ loopback ports, with its output in a log file that failing tests print.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -17,12 +18,16 @@ from pathlib import Path
 
 import httpx
 
+from tokenlb_proxy.control.redis_repository import RedisRepository
+from tokenlb_proxy.control.repository import StoredConfig
+
 __all__ = [
     "ManagedProcess",
     "free_port",
     "start_mock",
     "start_proxy",
     "start_redis",
+    "stored_config",
     "tokenlb_command",
 ]
 
@@ -219,3 +224,16 @@ def start_proxies(
 def _serving(port: int, admin_port: int) -> Callable[[], bool]:
     """Whether a replica answers on its proxy port and its admin ``/status``."""
     return lambda: port_open(port) and http_ok(f"http://127.0.0.1:{admin_port}/status")
+
+
+def stored_config(redis_url: str) -> StoredConfig | None:
+    """The fleet's config document in Redis, as the replicas read it (None: none yet)."""
+
+    async def load() -> StoredConfig | None:
+        repository = RedisRepository.from_url(redis_url)
+        try:
+            return await repository.load()
+        finally:
+            await repository.close()
+
+    return asyncio.run(load())

@@ -6,7 +6,6 @@ stored is read back from Redis through the repository the replicas use.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 from pathlib import Path
@@ -16,12 +15,10 @@ import pytest
 import redis
 import yaml
 
-from tests.support import REPO, tokenlb_command
+from tests.support import REPO, stored_config, tokenlb_command
 from tokenlb_proxy.config import parse_document
 from tokenlb_proxy.config.entities import normalize
 from tokenlb_proxy.control.documents import same_config
-from tokenlb_proxy.control.redis_repository import RedisRepository
-from tokenlb_proxy.control.repository import StoredConfig
 from tokenlb_proxy.keys import CONFIG_KEY
 
 SEED = REPO / "tests" / "data" / "seed"
@@ -67,17 +64,6 @@ def run(*args: str, redis_url: str | None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
-def stored(redis_url: str) -> StoredConfig | None:
-    async def load() -> StoredConfig | None:
-        repository = RedisRepository.from_url(redis_url)
-        try:
-            return await repository.load()
-        finally:
-            await repository.close()
-
-    return asyncio.run(load())
-
-
 def flat(text: str) -> dict[str, Any]:
     return normalize(parse_document(text, {"DECK_KEY": API_KEY, "DECK_OPENAI_API_KEY": API_KEY}))
 
@@ -103,7 +89,7 @@ def test_sync_stores_the_file_and_prints_the_difference(kong_yaml: Path, redis_u
     ]
     assert API_KEY not in result.stdout + result.stderr
     assert CONSUMER_KEY not in result.stdout + result.stderr
-    config = stored(redis_url)
+    config = stored_config(redis_url)
     assert config is not None
     assert config.version == 1
     assert same_config(config.document, flat(KONG_YAML))
@@ -111,20 +97,20 @@ def test_sync_stores_the_file_and_prints_the_difference(kong_yaml: Path, redis_u
 
 def test_sync_of_an_unchanged_file_stores_nothing(kong_yaml: Path, redis_url: str) -> None:
     assert run("config", "sync", str(kong_yaml), redis_url=redis_url).returncode == 0
-    before = stored(redis_url)
+    before = stored_config(redis_url)
     again = run("config", "sync", str(kong_yaml), redis_url=redis_url)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == [
         "Summary: 0 created, 0 updated, 0 deleted (nothing to store; Redis holds version 1)"
     ]
-    assert stored(redis_url) == before
+    assert stored_config(redis_url) == before
 
 
 def test_sync_updates_and_deletes_and_keeps_creation_times(
     kong_yaml: Path, redis_url: str, tmp_path: Path
 ) -> None:
     assert run("config", "sync", str(kong_yaml), redis_url=redis_url).returncode == 0
-    first = stored(redis_url)
+    first = stored_config(redis_url)
     assert first is not None
     changed = tmp_path / "changed.yaml"
     changed.write_text(
@@ -137,7 +123,7 @@ def test_sync_updates_and_deletes_and_keeps_creation_times(
         "update plugin ai-proxy-advanced (route chat)",
         "Summary: 0 created, 1 updated, 1 deleted (stored as version 2)",
     ]
-    second = stored(redis_url)
+    second = stored_config(redis_url)
     assert second is not None
     (plugin_before,) = first.document["plugins"]
     (plugin_after,) = second.document["plugins"]
@@ -154,7 +140,7 @@ def test_dry_run_prints_the_difference_and_stores_nothing(kong_yaml: Path, redis
     assert result.stdout.splitlines()[-1] == (
         "Summary: 6 created, 0 updated, 0 deleted (dry run, nothing stored; Redis holds version 0)"
     )
-    assert stored(redis_url) is None
+    assert stored_config(redis_url) is None
 
 
 def test_an_invalid_file_lists_its_errors_and_stores_nothing(
@@ -171,7 +157,7 @@ def test_an_invalid_file_lists_its_errors_and_stores_nothing(
     assert result.stdout == ""
     assert f"{bad}: 1 error(s), nothing stored" in result.stderr
     assert "plugins[0].route: no route 'nowhere'" in result.stderr
-    assert stored(redis_url) is None
+    assert stored_config(redis_url) is None
     client = redis.Redis.from_url(redis_url)
     try:
         assert client.exists(CONFIG_KEY) == 0
@@ -185,7 +171,7 @@ def test_dump_writes_a_kong_yaml_that_syncs_back_to_the_same_config(
     assert run("config", "sync", str(kong_yaml), redis_url=redis_url).returncode == 0
     printed = run("config", "dump", redis_url=redis_url)
     assert printed.returncode == 0, printed.stderr
-    config = stored(redis_url)
+    config = stored_config(redis_url)
     assert config is not None
     assert same_config(flat(printed.stdout), config.document)
     (service,) = yaml.safe_load(printed.stdout)["services"]
@@ -207,7 +193,7 @@ def test_vault_references_are_stored_and_dumped_unresolved(tmp_path: Path, redis
     vaulted.write_text(KONG_YAML.replace('${{ env "DECK_KEY" }}', reference))
     synced = run("config", "sync", str(vaulted), redis_url=redis_url)
     assert synced.returncode == 0, synced.stderr
-    config = stored(redis_url)
+    config = stored_config(redis_url)
     assert config is not None
     auth = config.document["plugins"][0]["config"]["targets"][0]["auth"]
     assert auth["header_value"] == f"Bearer {reference}"
@@ -234,7 +220,7 @@ def test_apply_upserts_the_seed_manifests_by_name(redis_url: str) -> None:
         "create plugin ai-proxy-advanced (instance ai-proxy-advanced, global)",
         "Summary: 1 created, 0 updated, 0 deleted (stored as version 1)",
     ]
-    first = stored(redis_url)
+    first = stored_config(redis_url)
     assert first is not None
     (plugin,) = first.document["plugins"]
     assert plugin["instance_name"] == "ai-proxy-advanced"
@@ -248,7 +234,7 @@ def test_apply_upserts_the_seed_manifests_by_name(redis_url: str) -> None:
     assert result.stdout.splitlines()[-1] == (
         "Summary: 0 created, 0 updated, 0 deleted (stored as version 2)"
     )
-    second = stored(redis_url)
+    second = stored_config(redis_url)
     assert second is not None
     assert second.document["plugins"] == first.document["plugins"]
 
@@ -270,7 +256,7 @@ def test_apply_binds_a_manifest_to_a_route(kong_yaml: Path, redis_url: str, tmp_
     assert "create plugin ai-proxy-advanced (instance ai-proxy-advanced, route old)" in (
         result.stdout
     )
-    config = stored(redis_url)
+    config = stored_config(redis_url)
     assert config is not None
     route = next(r for r in config.document["routes"] if r["name"] == "old")
     (plugin,) = config.document["plugins"]
@@ -298,7 +284,7 @@ def test_apply_refuses_what_it_cannot_place(tmp_path: Path, redis_url: str) -> N
     refused = run("config", "apply", "-f", str(invalid), redis_url=redis_url)
     assert refused.returncode == 1
     assert "plugins[0].config.balancer.algorithm" in refused.stderr
-    assert stored(redis_url) is None
+    assert stored_config(redis_url) is None
 
 
 def test_config_commands_need_a_redis_url(kong_yaml: Path) -> None:
@@ -308,7 +294,7 @@ def test_config_commands_need_a_redis_url(kong_yaml: Path) -> None:
 
 
 def _credential_id(redis_url: str) -> str:
-    config = stored(redis_url)
+    config = stored_config(redis_url)
     assert config is not None
     (credential,) = config.document["keyauth_credentials"]
     return str(credential["id"])

@@ -28,10 +28,10 @@ from tests.support import (
     start_mock,
     start_proxy,
     start_redis,
+    stored_config,
     tokenlb_command,
 )
 from tokenlb_proxy.control.redis_repository import RedisRepository
-from tokenlb_proxy.control.repository import StoredConfig
 from tokenlb_proxy.keys import CONFIG_KEY
 
 SECRET_IN_THE_WRONG_FIELD = "sk-follow-secret-0123456789abcdef"
@@ -94,17 +94,6 @@ def store(redis_url: str, document: dict[str, Any], expected_version: int) -> No
     asyncio.run(save())
 
 
-def stored(redis_url: str) -> StoredConfig | None:
-    async def load() -> StoredConfig | None:
-        repository = RedisRepository.from_url(redis_url)
-        try:
-            return await repository.load()
-        finally:
-            await repository.close()
-
-    return asyncio.run(load())
-
-
 def test_a_document_that_does_not_compile_here_leaves_the_config_serving(
     tmp_path: Path, process_logs: Path, redis_url: str, mock_chat_url: str
 ) -> None:
@@ -112,7 +101,7 @@ def test_a_document_that_does_not_compile_here_leaves_the_config_serving(
     proc, port, admin_port = start_proxy(process_logs, file, redis_url=redis_url)
     try:
         assert served_model(port) == "model-a"
-        first = stored(redis_url)
+        first = stored_config(redis_url)
         assert first is not None
         assert status(admin_port)["config_version"] == 1
 
