@@ -27,7 +27,7 @@ from tokenlb_proxy.admin import crud
 from tokenlb_proxy.admin.kong_errors import AdminError, invalid_declarative
 from tokenlb_proxy.config import ConfigError, parse_document
 from tokenlb_proxy.config.entities import KINDS, nest, normalize
-from tokenlb_proxy.control.diff import carry_timestamps
+from tokenlb_proxy.control.diff import replace_document
 
 __all__ = ["config_text", "declarative_error", "dump", "replace"]
 
@@ -58,9 +58,7 @@ def replace(document: dict[str, Any], text: str, now: int | None = None) -> dict
     by kind and id, as Kong answers. ``ConfigError`` when ``text`` is not a valid config
     (the manager's compile then checks what this replica can serve)."""
     target = normalize(parse_document(text, {}))
-    merged = carry_timestamps(document, target, int(time.time()) if now is None else now)
-    document.clear()
-    document.update(merged)
+    replace_document(document, target, int(time.time()) if now is None else now)
     return {
         kind: {entity["id"]: crud.present(kind, entity) for entity in document.get(kind) or ()}
         for kind in KINDS

@@ -30,7 +30,13 @@ import yaml
 
 from tokenlb_proxy.config import ConfigError, FieldError, parse_document
 from tokenlb_proxy.config.entities import config_with_defaults, nest
-from tokenlb_proxy.control.diff import Change, carry_timestamps, entity_changes, summary
+from tokenlb_proxy.control.diff import (
+    Change,
+    carry_timestamps,
+    entity_changes,
+    replace_document,
+    summary,
+)
 from tokenlb_proxy.control.documents import read_config_file, validate_elsewhere
 from tokenlb_proxy.control.manager import ConfigManager
 from tokenlb_proxy.control.redis_repository import RedisRepository
@@ -88,15 +94,7 @@ async def sync_config(path: str, redis_url: str, *, dry_run: bool) -> int:
             _report(planned, f"{note}; Redis holds version {current.version}")
             return 0
         now = int(time.time())
-
-        def make_it_so(document: dict[str, Any]) -> list[Change]:
-            merged = carry_timestamps(document, target, now)
-            changes = entity_changes(document, merged)
-            document.clear()
-            document.update(merged)
-            return changes
-
-        changes = await manager.update(make_it_so)
+        changes = await manager.update(lambda document: replace_document(document, target, now))
     except ConfigError as exc:  # refused when stored, as the Admin API would
         _print_errors(path, exc)
         return 1

@@ -15,7 +15,7 @@ from typing import Any, Literal, NamedTuple
 from tokenlb_proxy.config.entities import KINDS, PLUGIN_SCOPES
 from tokenlb_proxy.control.documents import without_timestamps
 
-__all__ = ["Change", "carry_timestamps", "entity_changes", "summary"]
+__all__ = ["Change", "carry_timestamps", "entity_changes", "replace_document", "summary"]
 
 Action = Literal["create", "update", "delete"]
 
@@ -30,6 +30,17 @@ class Change(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.action} {self.kind} {self.name}"
+
+
+def replace_document(document: dict[str, Any], target: dict[str, Any], now: int) -> list[Change]:
+    """Make ``document`` (a ``ConfigManager.update`` change's argument) hold ``target``,
+    keeping the timestamps of the entities that stay; returns what that changed. How
+    ``tokenlb config sync`` and the Admin API's ``POST /config`` store a whole config."""
+    merged = carry_timestamps(document, target, now)
+    changes = entity_changes(document, merged)
+    document.clear()
+    document.update(merged)
+    return changes
 
 
 def carry_timestamps(old: dict[str, Any], new: dict[str, Any], now: int) -> dict[str, Any]:
