@@ -24,7 +24,7 @@ import msgspec
 import yaml
 
 from tokenlb_proxy.admin import crud
-from tokenlb_proxy.admin.kong_errors import AdminError, invalid_declarative
+from tokenlb_proxy.admin.kong_errors import AdminError, invalid_declarative, invalid_json
 from tokenlb_proxy.config import ConfigError, parse_document
 from tokenlb_proxy.config.entities import KINDS, nest, normalize
 from tokenlb_proxy.control.diff import replace_document
@@ -47,7 +47,7 @@ def config_text(raw: bytes, content_type: str | None) -> str:
         try:
             body = msgspec.json.decode(raw)
         except msgspec.DecodeError:
-            raise AdminError(400, {"message": "Cannot parse JSON body"}) from None
+            raise invalid_json() from None
         if isinstance(body, dict) and isinstance(body.get("config"), str):
             return str(body["config"])
     return text
