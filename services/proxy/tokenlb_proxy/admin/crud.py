@@ -117,13 +117,8 @@ def expired(kind: str, entity: dict[str, Any], now: float) -> bool:
     """Whether ``entity`` is a key-auth credential whose ``ttl`` has run out: Kong deletes
     those, so the Admin API no longer shows them (the stored document keeps them until
     they are deleted; no replica accepts their key)."""
-    ttl, created_at = entity.get("ttl"), entity.get("created_at")
-    return (
-        kind == "keyauth_credentials"
-        and bool(ttl)
-        and created_at is not None
-        and (created_at + ttl <= now)
-    )
+    expires_at = _expires_at(kind, entity)
+    return expires_at is not None and expires_at <= now
 
 
 def present(kind: str, entity: dict[str, Any], now: float | None = None) -> dict[str, Any]:
@@ -133,11 +128,19 @@ def present(kind: str, entity: dict[str, Any], now: float | None = None) -> dict
     if kind == "services":
         hidden = ("url",)  # Kong answers with protocol, host, port and path
     shown = {k: v for k, v in entity.items() if k not in hidden}
-    ttl, created_at = shown.get("ttl"), shown.get("created_at")
-    if kind == "keyauth_credentials" and ttl and created_at is not None:
-        left = created_at + ttl - (time.time() if now is None else now)
+    expires_at = _expires_at(kind, entity)
+    if expires_at is not None:
+        left = expires_at - (time.time() if now is None else now)
         shown["ttl"] = max(0, math.ceil(left))
     return shown
+
+
+def _expires_at(kind: str, entity: dict[str, Any]) -> float | None:
+    """When a key-auth credential with a ``ttl`` stops working; None for anything else."""
+    ttl, created_at = entity.get("ttl"), entity.get("created_at")
+    if kind != "keyauth_credentials" or not ttl or created_at is None:
+        return None
+    return float(created_at + ttl)
 
 
 # --------------------------------------------------------------------------- writes
