@@ -29,7 +29,7 @@ from urllib.parse import quote
 import msgspec
 
 from tokenlb_proxy.admin import crud, declarative, kong_errors
-from tokenlb_proxy.admin.forms import FormError, coerce_form_body, parse_form
+from tokenlb_proxy.admin.forms import FORM, FormError, coerce_form_body, media_type, parse_form
 from tokenlb_proxy.admin.kong_errors import AdminError
 from tokenlb_proxy.config.errors import ConfigError
 from tokenlb_proxy.control.repository import ConfigConflict, StoredConfig
@@ -322,8 +322,7 @@ class _Body:
     def __init__(self, raw: bytes, content_type: str | None) -> None:
         self.raw = raw
         self.content_type = content_type
-        media_type = (content_type or "").split(";", 1)[0].strip().lower()
-        self.form = media_type == "application/x-www-form-urlencoded"
+        self.form = media_type(content_type) == FORM
 
     def decode(self, kind: str | None) -> Any:
         if not self.raw.strip():

@@ -18,13 +18,18 @@ import email.parser
 import email.policy
 import time
 from typing import Any
-from urllib.parse import parse_qs
 
 import msgspec
 import yaml
 
 from tokenlb_proxy.admin import crud
-from tokenlb_proxy.admin.kong_errors import AdminError, invalid_declarative, invalid_json
+from tokenlb_proxy.admin.forms import FORM, FormError, media_type, parse_form
+from tokenlb_proxy.admin.kong_errors import (
+    AdminError,
+    invalid_declarative,
+    invalid_form,
+    invalid_json,
+)
 from tokenlb_proxy.config import ConfigError, parse_document
 from tokenlb_proxy.config.entities import KINDS, nest, normalize
 from tokenlb_proxy.control.diff import replace_document
@@ -34,16 +39,19 @@ __all__ = ["config_text", "declarative_error", "dump", "replace"]
 
 def config_text(raw: bytes, content_type: str | None) -> str:
     """The kong.yaml (or JSON) text a ``POST /config`` carries."""
-    media_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if media_type == "multipart/form-data":
+    kind = media_type(content_type)
+    if kind == "multipart/form-data":
         return _multipart_field(raw, content_type or "", "config")
-    if media_type == "application/x-www-form-urlencoded":
-        values = parse_qs(raw.decode("utf-8", "replace")).get("config")
-        if not values:
+    if kind == FORM:
+        try:
+            value = parse_form(raw).get("config")
+        except FormError as exc:
+            raise invalid_form(str(exc)) from None
+        if not isinstance(value, str):
             raise invalid_declarative("expected a 'config' field")
-        return values[0]
+        return value
     text = raw.decode("utf-8", "replace")
-    if media_type == "application/json":
+    if kind == "application/json":
         try:
             body = msgspec.json.decode(raw)
         except msgspec.DecodeError:

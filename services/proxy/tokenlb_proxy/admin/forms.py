@@ -31,7 +31,10 @@ from tokenlb_proxy.config.entities import STRUCTS
 from tokenlb_proxy.config.loader import unwrap_type
 from tokenlb_proxy.config.plugins import PLUGIN_SCHEMAS
 
-__all__ = ["FormError", "coerce_form_body", "parse_form"]
+__all__ = ["FORM", "FormError", "coerce_form_body", "media_type", "parse_form"]
+
+#: The media type of a form body.
+FORM = "application/x-www-form-urlencoded"
 
 #: ``name``, then any number of ``[]`` or ``[n]``.
 _KEY_PART = re.compile(r"^([^\[\]]*)((?:\[\d*\])*)$")
@@ -40,6 +43,11 @@ _INDEX = re.compile(r"\[(\d*)\]")
 
 class FormError(ValueError):
     """A form key that names no place (``a[x]``, ``a.``, ``[1]``)."""
+
+
+def media_type(content_type: str | None) -> str:
+    """``content_type`` without its parameters, lower-cased ("" when there is none)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def parse_form(raw: bytes) -> dict[str, Any]:
