@@ -53,9 +53,11 @@ class _Latency:
         self.probe_ms: int | None = None
 
 
-def _last_seen_ms(latency: _Latency) -> int:
-    """When ``latency``'s target last answered or was explored; -1: never."""
-    return max(-1 if t is None else t for t in (latency.at_ms, latency.probe_ms))
+def _exploration_due(latency: _Latency, now_ms: int, half_life_ms: int) -> bool:
+    """Whether ``latency``'s target has neither answered nor been explored for a
+    half-life (or ever)."""
+    seen = [t for t in (latency.at_ms, latency.probe_ms) if t is not None]
+    return not seen or now_ms - max(seen) >= half_life_ms
 
 
 class _BalancerState:
@@ -259,11 +261,7 @@ class LocalStore:
         explored longest ago."""
         stats = [state.latency.setdefault(c.target_id, _Latency()) for c in candidates]
         candidates_up = [i for i, ok in enumerate(available) if ok]
-        due = [
-            i
-            for i in candidates_up
-            if _last_seen_ms(stats[i]) < 0 or now_ms - _last_seen_ms(stats[i]) >= half_life_ms
-        ]
+        due = [i for i in candidates_up if _exploration_due(stats[i], now_ms, half_life_ms)]
         measured = [i for i in candidates_up if stats[i].average is not None]
         if due:
             best = due[0]
