@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install tokenlb with its test tools into .venv (a real, non-editable install, as users
-# get it), then lint, type-check and run the whole test suite. Needs python3 >= 3.11,
-# redis-server and haproxy (both installed with apt-get when missing and run as root).
+# get it, of exactly the versions uv.lock pins), then lint, type-check and run the whole
+# test suite. Needs python3 >= 3.11, redis-server and haproxy (both installed with
+# apt-get when missing and run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,9 +19,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-python3 -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check '.[test]'
+bash scripts/uv.sh sync --locked --no-editable --no-dev --group test
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

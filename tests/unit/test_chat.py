@@ -74,17 +74,16 @@ def test_invalid_json_is_rejected_with_kongs_message(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    ("raw", "why"),
+    "raw",
     [
-        # Found by the fuzz test: both used to escape as a 500.
-        (b'{"messages": [{"role": "user", "content": "\x80"}]}', "invalid UTF-8"),
-        (b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", "nested too deeply"),
+        # Found by the fuzz test: both used to escape as a 500. msgspec words (and, by
+        # release, even types) these errors differently; the 400 and Kong's text are ours.
+        b'{"messages": [{"role": "user", "content": "\x80"}]}',
+        b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}",
     ],
 )
-def test_invalid_utf8_and_deep_nesting_are_bad_json(raw: bytes, why: str) -> None:
-    message = rejected(raw).message
-    assert message.startswith(BAD_JSON)
-    assert why in message
+def test_invalid_utf8_and_deep_nesting_are_bad_json(raw: bytes) -> None:
+    assert rejected(raw).message.startswith(BAD_JSON)
 
 
 @pytest.mark.parametrize("raw", [b"[]", b'[{"role": "user"}]', b'"hi"', b"42", b"null"])

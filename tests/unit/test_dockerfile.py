@@ -1,6 +1,6 @@
 """The Dockerfile, checked without Docker (no engine where these tests run).
 
-Its RUN steps must be the install commands of scripts/demo.sh and scripts/test.sh (which
+Its RUN step must be the install command of scripts/demo.sh and scripts/test.sh (which
 CI runs, then tests the installed wheel, offline tokenizer included), it must copy every
 file the wheel is built from, run as non-root, and its HEALTHCHECK command must tell a
 live replica from a dead one (run here against a real proxy).
@@ -16,14 +16,12 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 from tests.support import REPO, start_proxy
 
 DOCKERFILE = (REPO / "Dockerfile").read_text()
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
-#: pip options that change how, not what, is installed.
-QUIET_OPTIONS = {"--no-cache-dir", "-q", "--disable-pip-version-check"}
+#: The one install command: uv installs exactly what uv.lock pins (tokenlb as a wheel).
+LOCKED_SYNC = ("bash", "scripts/uv.sh", "sync", "--locked", "--no-editable", "--no-dev")
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -46,24 +44,10 @@ def stages() -> list[list[tuple[str, str]]]:
     return out
 
 
-def normalized_install(command: str) -> tuple[str, ...]:
-    """An install command with its venv path as <venv>, quiet options and extras dropped."""
-    words = []
-    for raw in shlex.split(command):
-        word = re.sub(r"^(/opt/tokenlb|\.venv)(?=/|$)", "<venv>", raw)
-        word = re.sub(r"^\.\[[a-z,]+\]$", ".", word)  # '.[test]' installs . plus tools
-        if word not in QUIET_OPTIONS:
-            words.append(word)
-    return tuple(words)
-
-
-def script_installs(script: str) -> set[tuple[str, ...]]:
+def script_installs(script: str) -> list[tuple[str, ...]]:
+    """The install commands of ``scripts/<script>``, split into words."""
     lines = (REPO / "scripts" / script).read_text().splitlines()
-    return {
-        normalized_install(line)
-        for line in lines
-        if re.match(r"^(python3 -m venv|\.venv/bin/python -m pip install)", line)
-    }
+    return [tuple(shlex.split(line)) for line in lines if "scripts/uv.sh sync" in line]
 
 
 def test_multi_stage_slim_and_non_root() -> None:
@@ -78,16 +62,14 @@ def test_multi_stage_slim_and_non_root() -> None:
 
 
 def test_run_steps_are_the_readme_install_steps() -> None:
-    runs = [normalized_install(args) for kind, args in instructions() if kind == "RUN"]
-    assert runs == [
-        ("python3", "-m", "venv", "<venv>"),
-        ("<venv>/bin/python", "-m", "pip", "install", "--upgrade", "pip"),
-        ("<venv>/bin/python", "-m", "pip", "install", "."),
-    ]
-    # scripts/demo.sh is the user's install; scripts/test.sh installs the same (plus the
-    # test tools) and runs the whole suite on the result.
-    assert set(runs) == script_installs("demo.sh")
-    assert set(runs) == script_installs("test.sh")
+    runs = [tuple(shlex.split(args)) for kind, args in instructions() if kind == "RUN"]
+    assert runs == [LOCKED_SYNC]
+    env = " ".join(args for kind, args in stages()[0] if kind == "ENV")
+    assert "UV_PROJECT_ENVIRONMENT=/opt/tokenlb" in env
+    # scripts/demo.sh is the user's install; scripts/test.sh installs the same plus the
+    # test tools, and runs the whole suite on the result.
+    assert script_installs("demo.sh") == [LOCKED_SYNC]
+    assert script_installs("test.sh") == [(*LOCKED_SYNC, "--group", "test")]
 
 
 def test_copies_everything_the_wheel_is_built_from() -> None:
@@ -95,7 +77,7 @@ def test_copies_everything_the_wheel_is_built_from() -> None:
     copied = {shlex.split(args)[0] for kind, args in build if kind == "COPY"}
     copied |= {src for kind, args in build if kind == "COPY" for src in shlex.split(args)[:-1]}
     wheel = PYPROJECT["tool"]["hatch"]["build"]["targets"]["wheel"]
-    needed = {"pyproject.toml", PYPROJECT["project"]["readme"]}
+    needed = {"pyproject.toml", "uv.lock", "scripts/uv.sh", PYPROJECT["project"]["readme"]}
     needed |= set(wheel["packages"]) | set(wheel["force-include"])
     for path in needed:
         assert any(path == c or path.startswith(f"{c}/") for c in copied), path
@@ -127,8 +109,3 @@ def test_healthcheck_tells_a_live_replica_from_a_dead_one(tmp_path: Path) -> Non
     finally:
         process.stop()
     assert check(admin_port) != 0
-
-
-@pytest.mark.parametrize("script", ["demo.sh", "test.sh"])
-def test_scripts_still_have_install_commands(script: str) -> None:
-    assert len(script_installs(script)) == 3

@@ -137,7 +137,7 @@ async def _close(subscription: PubSub | None) -> None:
     """Close ``subscription`` whatever state its connection is in."""
     if subscription is not None:
         try:
-            await subscription.aclose()  # type: ignore[no-untyped-call]
+            await subscription.aclose()
         except Exception as exc:
             if not is_outage(exc):
                 raise

@@ -129,9 +129,7 @@ def connect_redis(url: str, *, timeout_s: float = 1.0) -> RedisClient:
         }
         if options.get("ssl"):
             sentinel_kwargs.update({k: v for k, v in options.items() if k.startswith("ssl")})
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            target.nodes, sentinel_kwargs=sentinel_kwargs, **options, **common
-        )
+        sentinel = Sentinel(target.nodes, sentinel_kwargs=sentinel_kwargs, **options, **common)
         client: aioredis.Redis = sentinel.master_for(target.service, db=target.db)
         return client
     return aioredis.Redis.from_url(url, **common)
