@@ -14,8 +14,11 @@ from tokenlb_proxy.metrics import ProxyMetrics
 
 README = (REPO / "README.md").read_text()
 CODE = "\n".join(re.findall(r"```sh\n(.*?)```", README, re.S))
+#: Each ``tokenlb ...`` line of a shell block, without its comment or a trailing ``&``.
 COMMANDS = [
-    line.split("#")[0].strip() for line in CODE.splitlines() if line.strip().startswith("tokenlb ")
+    line.split("#")[0].strip().removesuffix("&").strip()
+    for line in CODE.splitlines()
+    if line.strip().startswith("tokenlb ")
 ]
 
 
