@@ -9,28 +9,26 @@ Collections and entities, as Kong serves them on port 8001::
     /consumer_groups/{g}/consumers   /consumers/{c}/consumer_groups   (memberships)
 
 plus ``/{parent}/{x}/{child}/{id}`` for one nested entity. GET lists page like Kong's
-(``size`` 1-1000, default 100; an opaque ``offset``; ``{"data", "next", "offset"}``), in
-id order. Every write is one ``ConfigManager.update``: the change is applied to a copy of
-the document, compiled, and stored only if it compiles, so a refused request stores
-nothing. Reads answer from the stored document as written: a plugin config holding
-``{vault://env/X}`` is returned as that reference, never as the secret's value.
+(``admin/paging.py``), in id order. Every write is one ``ConfigManager.update``: the
+change is applied to a copy of the document, compiled, and stored only if it compiles, so
+a refused request stores nothing. Reads answer from the stored document as written: a
+plugin config holding ``{vault://env/X}`` is returned as that reference, never as the
+secret's value.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
-from urllib.parse import quote
 
 import msgspec
 
 from tokenlb_proxy.admin import crud, declarative, kong_errors
 from tokenlb_proxy.admin.forms import FORM, FormError, coerce_form_body, media_type, parse_form
 from tokenlb_proxy.admin.kong_errors import AdminError
+from tokenlb_proxy.admin.paging import by_id, page, tagged
 from tokenlb_proxy.config.errors import ConfigError
 from tokenlb_proxy.control.repository import ConfigConflict, StoredConfig
 from tokenlb_proxy.redis_outage import is_outage
@@ -59,10 +57,6 @@ NESTED = {
     ("consumer_groups", "plugins"): ("plugins", "consumer_group"),
     ("consumers", "key-auth"): ("keyauth_credentials", "consumer"),
 }
-#: Kong's page sizes.
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-
 Response = tuple[int, Any]
 
 
@@ -155,8 +149,8 @@ class AdminApi:
                 parent = crud.get(doc, parent_kind, key)
                 items = [e for e in items if e.get(field) == {"id": parent["id"]}]
             now = time.time()
-            items = [e for e in _tagged(items, query.get("tags")) if not crud.expired(kind, e, now)]
-            return 200, _page([crud.present(kind, e, now) for e in items], segments, query)
+            items = [e for e in tagged(items, query.get("tags")) if not crud.expired(kind, e, now)]
+            return 200, page(by_id(crud.present(kind, e, now) for e in items), segments, query)
         if method != "POST":
             return _method_not_allowed()
         now = int(time.time())
@@ -253,7 +247,7 @@ class AdminApi:
             else:
                 ids = [g["id"] for g in owner.get("groups") or ()]
                 listed = [g for g in doc.get("consumer_groups", ()) if g["id"] in ids]
-            return 200, _page([crud.present(other_kind, e) for e in listed], segments, query)
+            return 200, page(by_id(crud.present(other_kind, e) for e in listed), segments, query)
         if method != "POST":
             return _method_not_allowed()
         field = "consumer" if owner_kind == "consumer_groups" else "group"
@@ -377,55 +371,3 @@ def _group_view(doc: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
         "consumers": [crud.present("consumers", c) for c in _members_of(doc, group)],
         "plugins": [p for p in doc.get("plugins", ()) if p.get("consumer_group") == ref],
     }
-
-
-def _tagged(items: list[dict[str, Any]], tags: str | None) -> list[dict[str, Any]]:
-    """Kong's ``?tags=`` filter: ``a,b`` lists entities tagged with both, ``a/b`` with
-    either; the two cannot be mixed."""
-    if not tags:
-        return items
-    if "," in tags and "/" in tags:
-        raise kong_errors.invalid_tags("cannot mix 'or' and 'and'")
-    wanted = set(tags.replace("/", ",").split(","))
-    if "" in wanted:
-        raise kong_errors.invalid_tags("empty tag")
-    if "/" in tags:
-        return [e for e in items if wanted & set(e.get("tags") or ())]
-    return [e for e in items if wanted <= set(e.get("tags") or ())]
-
-
-def _page(items: list[dict[str, Any]], segments: list[str], query: Mapping[str, str]) -> Any:
-    """One page of ``items`` (in id order) and the link to the next, as Kong pages."""
-    size_arg = query.get("size")
-    size = DEFAULT_PAGE_SIZE
-    if size_arg is not None:
-        try:
-            size = int(size_arg)
-        except ValueError:
-            raise kong_errors.invalid_size("size must be a number") from None
-        if not 1 <= size <= MAX_PAGE_SIZE:
-            raise kong_errors.invalid_size(f"size must be an integer between 1 and {MAX_PAGE_SIZE}")
-    offset = query.get("offset")
-    if offset:
-        after = _decode_offset(offset)
-        items = [e for e in items if str(e["id"]) > after]
-    page, rest = items[:size], items[size:]
-    body: dict[str, Any] = {"data": page, "next": None}
-    if rest:
-        token = base64.urlsafe_b64encode(str(page[-1]["id"]).encode()).decode().rstrip("=")
-        link = f"/{'/'.join(quote(s, safe='') for s in segments)}?offset={quote(token)}"
-        body["next"] = link + (f"&size={size}" if size_arg is not None else "")
-        if query.get("tags"):
-            body["next"] += f"&tags={quote(query['tags'], safe=',/')}"
-        body["offset"] = token
-    return body
-
-
-def _decode_offset(offset: str) -> str:
-    try:
-        decoded = base64.urlsafe_b64decode(offset + "=" * (-len(offset) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise kong_errors.invalid_offset(offset) from None
-    if not decoded:
-        raise kong_errors.invalid_offset(offset)
-    return decoded
