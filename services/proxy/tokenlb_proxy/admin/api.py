@@ -8,12 +8,21 @@ Collections and entities, as Kong serves them on port 8001::
     /consumers/{c}/key-auth
     /consumer_groups/{g}/consumers   /consumers/{c}/consumer_groups   (memberships)
 
-plus ``/{parent}/{x}/{child}/{id}`` for one nested entity. GET lists page like Kong's
-(``admin/paging.py``), in id order. Every write is one ``ConfigManager.update``: the
-change is applied to a copy of the document, compiled, and stored only if it compiles, so
-a refused request stores nothing. Reads answer from the stored document as written: a
-plugin config holding ``{vault://env/X}`` is returned as that reference, never as the
-secret's value.
+plus ``/{parent}/{x}/{child}/{id}`` for one nested entity, and Kong's node endpoints::
+
+    /                    node information (admin/node.py)   /plugins/enabled
+    /schemas/{entity}    /schemas/plugins/{name}            (admin/schemas.py)
+    /schemas/{entity}/validate   /schemas/plugins/validate
+    /tags   /tags/{tag}                                     (admin/tags.py)
+    /config              the whole config (admin/declarative.py)
+
+GET lists page like Kong's (``admin/paging.py``). Every write is one
+``ConfigManager.update``: the change is applied to a copy of the document, compiled, and
+stored only if it compiles, so a refused request stores nothing. A ``validate`` runs the
+same change through ``ConfigManager.check``, which stops before storing. Reads answer
+from the stored document as written: a plugin config holding ``{vault://env/X}`` is
+returned as that reference, never as the secret's value. Any other path is Kong's 404
+``{"message": "Not found"}``, a known path with another method its 405.
 """
 
 from __future__ import annotations
@@ -28,7 +37,10 @@ import msgspec
 from tokenlb_proxy.admin import crud, declarative, kong_errors
 from tokenlb_proxy.admin.forms import FORM, FormError, coerce_form_body, media_type, parse_form
 from tokenlb_proxy.admin.kong_errors import AdminError
+from tokenlb_proxy.admin.node import NodeInfo, enabled_plugins, node_info
 from tokenlb_proxy.admin.paging import by_id, page, tagged
+from tokenlb_proxy.admin.schemas import entity_schema, plugin_schema
+from tokenlb_proxy.admin.tags import tag_rows
 from tokenlb_proxy.config.errors import ConfigError
 from tokenlb_proxy.control.repository import ConfigConflict, StoredConfig
 from tokenlb_proxy.redis_outage import is_outage
@@ -57,6 +69,8 @@ NESTED = {
     ("consumer_groups", "plugins"): ("plugins", "consumer_group"),
     ("consumers", "key-auth"): ("keyauth_credentials", "consumer"),
 }
+#: Kong's list of loaded plugins; the path comes before ``/plugins/{id}``, as in Kong.
+PLUGINS_ENABLED = ["plugins", "enabled"]
 Response = tuple[int, Any]
 
 
@@ -67,12 +81,15 @@ class Control(Protocol):
 
     async def update(self, change: Callable[[dict[str, Any]], T]) -> T: ...
 
+    async def check(self, change: Callable[[dict[str, Any]], T]) -> T: ...
+
 
 class AdminApi:
     """Answers one Admin API request: (method, path, query, body) -> (status, JSON)."""
 
-    def __init__(self, control: Callable[[], Control]) -> None:
+    def __init__(self, control: Callable[[], Control], node: NodeInfo | None = None) -> None:
         self._control = control
+        self._node = node if node is not None else NodeInfo()
 
     async def handle(
         self,
@@ -104,7 +121,9 @@ class AdminApi:
     ) -> Response:
         if segments == ["config"]:
             return await self._declarative(method, raw)
-        if not segments or segments[0] not in COLLECTIONS:
+        if not segments or segments[0] in ("schemas", "tags") or segments == PLUGINS_ENABLED:
+            return await self._node_route(method, segments, query, raw)
+        if segments[0] not in COLLECTIONS:
             raise kong_errors.not_found()
         kind = COLLECTIONS[segments[0]]
         writes = method in ("POST", "PUT", "PATCH")
@@ -129,6 +148,48 @@ class AdminApi:
         if parent == ("consumers", "consumer_groups") and len(segments) in (3, 4):
             return await self._members(method, segments, query, body, "consumers")
         raise kong_errors.not_found()
+
+    async def _node_route(
+        self, method: str, segments: list[str], query: Mapping[str, str], raw: _Body
+    ) -> Response:
+        """``/``, ``/plugins/enabled``, ``/schemas/...`` and ``/tags[/{tag}]``: each takes
+        one method (POST for a validate, GET for the rest), as Kong's routes do."""
+        route = _node_route_name(segments)
+        if route is None:
+            raise kong_errors.not_found()
+        if method != ("POST" if route == "validate" else "GET"):
+            return _method_not_allowed()
+        if route == "validate":
+            return await self._validate(segments[1], raw)
+        if route == "plugin schema":
+            return 200, _found(plugin_schema(segments[2]), kong_errors.no_plugin(segments[2]))
+        if route == "entity schema":
+            return 200, _found(entity_schema(segments[1]), kong_errors.no_entity(segments[1]))
+        if route == "enabled":
+            return 200, enabled_plugins()
+        document = (await self._control().current()).document
+        if route == "tags":
+            rows = tag_rows(document, time.time(), segments[1] if len(segments) > 1 else None)
+            return 200, page(rows, segments, {k: v for k, v in query.items() if k != "tags"})
+        return 200, node_info(self._node, document)
+
+    async def _validate(self, kind: str, raw: _Body) -> Response:
+        """``POST /schemas/{kind}/validate``: the body goes through a POST's own steps
+        (decoding, ``crud.create``, the compile of the changed document) and nothing is
+        stored. It is created among the entities it may refer to and no others
+        (``crud.isolate``): Kong judges a body on its own, not against its siblings, and
+        decK's ``validate --online`` sends entities that already exist."""
+        if entity_schema(kind) is None:
+            raise kong_errors.no_entity(kind)
+        body = raw.decode(kind)
+        now = int(time.time())
+
+        def create_alone(doc: dict[str, Any]) -> dict[str, Any]:
+            crud.isolate(doc, kind)
+            return crud.create(doc, kind, body, now)
+
+        await self._write(kind, create_alone, check_only=True)
+        return 200, {"message": "schema validation successful"}
 
     # ---------------------------------------------------------------- collections
 
@@ -292,9 +353,12 @@ class AdminApi:
         except ConfigError as exc:
             raise declarative.declarative_error(exc) from None
 
-    async def _write(self, kind: str, change: Callable[[dict[str, Any]], T]) -> T:
-        """Run ``change`` through the config manager; a compile failure becomes a schema
-        violation of the entity the change wrote."""
+    async def _write(
+        self, kind: str, change: Callable[[dict[str, Any]], T], check_only: bool = False
+    ) -> T:
+        """Run ``change`` through the config manager (only up to storing it, with
+        ``check_only``); a compile failure becomes a schema violation of the entity the
+        change wrote."""
         written: dict[str, int | None] = {}
 
         def tracked(doc: dict[str, Any]) -> T:
@@ -303,8 +367,9 @@ class AdminApi:
             written["index"] = crud.index_of(doc, kind, entity_id) if entity_id else None
             return result
 
+        control = self._control()
         try:
-            return await self._control().update(tracked)
+            return await (control.check(tracked) if check_only else control.update(tracked))
         except ConfigError as exc:
             raise crud.compile_error(exc, kind, written.get("index")) from None
 
@@ -334,7 +399,30 @@ class _Body:
 
 
 def _method_not_allowed() -> Response:
-    return 405, {"message": "Method not allowed"}
+    error = kong_errors.method_not_allowed()
+    return error.status_code, error.body
+
+
+def _node_route_name(segments: list[str]) -> str | None:
+    """Which of Kong's node endpoints ``segments`` names, if any."""
+    head, rest = (segments[0], segments[1:]) if segments else ("", [])
+    if head == "schemas" and len(rest) == 2 and rest[1] == "validate":
+        return "validate"
+    if head == "schemas" and len(rest) == 2 and rest[0] == "plugins":
+        return "plugin schema"
+    if head == "schemas" and len(rest) == 1:
+        return "entity schema"
+    if head == "tags" and len(rest) <= 1:
+        return "tags"
+    if segments == PLUGINS_ENABLED:
+        return "enabled"
+    return "root" if not segments else None
+
+
+def _found(schema: dict[str, Any] | None, missing: AdminError) -> dict[str, Any]:
+    if schema is None:
+        raise missing
+    return schema
 
 
 def _forced(doc: dict[str, Any], scope: tuple[str, str, str] | None) -> dict[str, Any] | None:
