@@ -24,8 +24,10 @@ How a Python type reads in Kong's words::
 A regex ``pattern`` is not shown, as Kong does not show its custom validator functions.
 A constraint with no Kong equivalent (``lt``, ``multiple_of``) raises ``TypeError`` when
 the schema is built, so adding one forces a decision here rather than a silent omission.
-What tokenlb refuses beyond the schema ("not supported yet" values, cross-field rules)
-is checked by the compile step, as Kong's custom entity checks are, and is not listed.
+The one default not held by a struct, a service's (``service_defaults``: protocol, port,
+retries, timeouts), is read from the function that fills it in. What tokenlb refuses
+beyond the schema ("not supported yet" values, cross-field rules) is checked by the
+compile step, as Kong's custom entity checks are, and is not listed.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import msgspec.structs
 
 from tokenlb_proxy.admin.crud import refused_fields
 from tokenlb_proxy.config.declarative import EntityRef, PluginEntry
-from tokenlb_proxy.config.entities import KINDS, PLUGIN_SCOPES, STRUCTS
+from tokenlb_proxy.config.entities import KINDS, PLUGIN_SCOPES, STRUCTS, service_defaults
 from tokenlb_proxy.config.plugins import PLUGIN_SCHEMAS
 
 __all__ = ["entity_schema", "plugin_schema"]
@@ -56,8 +58,17 @@ def entity_schema(kind: str) -> dict[str, Any] | None:
     if kind not in KINDS:
         return None
     refused = refused_fields(kind)
-    fields = [f for f in msgspec.structs.fields(STRUCTS[kind]) if f.encode_name not in refused]
-    return {"fields": [_field(f) for f in fields], "entity_checks": []}
+    fields = [
+        _field(f) for f in msgspec.structs.fields(STRUCTS[kind]) if f.encode_name not in refused
+    ]
+    # A service's protocol, port, retries and timeouts are filled in by code (they follow
+    # its url), not by its struct: show what that code fills into an empty service.
+    filled = service_defaults({}) if kind == "services" else {}
+    for entry in fields:
+        for name, descriptor in entry.items():
+            if filled.get(name) is not None:
+                descriptor["default"] = filled[name]
+    return {"fields": fields, "entity_checks": []}
 
 
 def plugin_schema(name: str) -> dict[str, Any] | None:
@@ -85,7 +96,8 @@ def _field(info: msgspec.structs.FieldInfo) -> dict[str, Any]:
         default = info.default_factory()
     # A record's defaults are its fields' own (Kong fills them in field by field).
     if default not in (msgspec.NODEFAULT, None) and not isinstance(default, msgspec.Struct):
-        shown["default"] = msgspec.to_builtins(default)
+        # As JSON holds it (lists, not tuples): the answer and a stored config compare equal.
+        shown["default"] = msgspec.json.decode(msgspec.json.encode(default))
     shown.update(descriptor)
     return {info.encode_name: shown}
 
