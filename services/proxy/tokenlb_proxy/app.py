@@ -1,7 +1,9 @@
 """App factories: the proxy app (port 8000) and the admin app (port 8001).
 
 Both share one ``Runtime``; the proxy app owns its lifecycle. Every error, including
-Litestar's own (unknown method, bad path), leaves as an OpenAI-style JSON error.
+Litestar's own (unknown method, bad path), leaves in the port's own shape: an OpenAI-style
+error on the proxy port, where OpenAI SDKs read it, and Kong's ``{"message": ...}`` on
+the admin port, where Kong's tools do.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from litestar.exceptions import HTTPException
 from litestar.response import Stream
 
 from tokenlb_proxy import __version__
+from tokenlb_proxy.admin import kong_errors
 from tokenlb_proxy.admin.api import AdminApi
-from tokenlb_proxy.admin.kong_errors import unauthorized
+from tokenlb_proxy.admin.node import NodeInfo, public_configuration
 from tokenlb_proxy.admin.security import TOKEN_HEADER, token_matches
 from tokenlb_proxy.errors import ProxyError, error_body
 from tokenlb_proxy.fleet import aggregator_health
@@ -65,6 +68,39 @@ _EXCEPTION_HANDLERS: dict[Any, Any] = {
     Exception: _unexpected_error,
 }
 
+_admin_encoder = msgspec.json.Encoder()
+
+
+def _kong_body(status_code: int, body: Any) -> Response[bytes]:
+    if body is None:
+        return Response(b"", status_code=status_code)
+    return Response(
+        _admin_encoder.encode(body), status_code=status_code, media_type="application/json"
+    )
+
+
+def _admin_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own refusals on the admin port (a method ``/status`` does not take, a
+    bad ``/stats`` query) in Kong's words."""
+    if exc.status_code == 404:
+        error = kong_errors.not_found()
+    elif exc.status_code == 405:
+        error = kong_errors.method_not_allowed()
+    else:
+        error = kong_errors.AdminError(exc.status_code, {"message": exc.detail})
+    return _kong_body(error.status_code, error.body)
+
+
+def _admin_unexpected_error(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.exception("Admin API: unhandled error while serving a request", exc_info=exc)
+    return _kong_body(500, {"message": "An unexpected error occurred"})
+
+
+_ADMIN_EXCEPTION_HANDLERS: dict[Any, Any] = {
+    HTTPException: _admin_http_error,
+    Exception: _admin_unexpected_error,
+}
+
 
 def create_proxy_app(runtime: Runtime) -> Litestar:
     """The data-plane app: every path and method goes through route matching."""
@@ -84,15 +120,17 @@ def create_proxy_app(runtime: Runtime) -> Litestar:
 
 
 def _admin_api(runtime: Runtime) -> Any:
-    """Kong's Admin API (``admin/api.py``) on every other path of the admin app."""
-    api = AdminApi(lambda: runtime.control)
+    """Kong's Admin API (``admin/api.py``) on every other path of the admin app, ``/``
+    included."""
+    node = NodeInfo(node_id=runtime.node_id, configuration=public_configuration(runtime.settings))
+    api = AdminApi(lambda: runtime.control, node)
     token = runtime.settings.admin_token
-    encoder = msgspec.json.Encoder()
 
-    @route(["/{path:path}"], http_method=_METHODS)
-    async def kong_admin_api(request: Request[Any, Any, Any], path: str) -> Response[bytes]:
+    @route(["/", "/{path:path}"], http_method=_METHODS)
+    async def kong_admin_api(request: Request[Any, Any, Any]) -> Response[bytes]:
+        path: str = request.scope["path"]  # percent-decoded, as the path parameter was
         if token is not None and not token_matches(token, request.headers.get(TOKEN_HEADER)):
-            error = unauthorized()
+            error = kong_errors.unauthorized()
             status, body = error.status_code, error.body
         else:
             try:
@@ -106,9 +144,7 @@ def _admin_api(runtime: Runtime) -> Any:
             except Exception:
                 log.exception("Admin API: unexpected error on %s %s", request.method, path)
                 status, body = 500, {"message": "An unexpected error occurred"}
-        if body is None:
-            return Response(b"", status_code=status)
-        return Response(encoder.encode(body), status_code=status, media_type="application/json")
+        return _kong_body(status, body)
 
     return kong_admin_api
 
@@ -116,7 +152,7 @@ def _admin_api(runtime: Runtime) -> Any:
 def create_admin_app(runtime: Runtime) -> Litestar:
     """The admin app: ``GET /status``, ``/stats`` and ``/metrics`` (always open, see
     ``admin/security.py``) and Kong's Admin API on every other path (behind the admin
-    token when one is set); bound to 127.0.0.1 by default."""
+    token when one is set); bound to 127.0.0.1 by default. Every error is Kong's shape."""
 
     @get("/status")
     async def status() -> dict[str, Any]:
@@ -215,7 +251,7 @@ def create_admin_app(runtime: Runtime) -> Litestar:
 
     return Litestar(
         route_handlers=[status, stats, metrics, _admin_api(runtime)],
-        exception_handlers=_EXCEPTION_HANDLERS,
+        exception_handlers=_ADMIN_EXCEPTION_HANDLERS,
         openapi_config=None,
         logging_config=None,
     )

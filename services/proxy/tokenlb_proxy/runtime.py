@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 
 import httpx
 import msgspec
@@ -122,6 +123,8 @@ class Runtime:
             else None
         )
         self.started_at = time.time()
+        #: This process's id (the Admin API's ``node_id``), fixed for its lifetime.
+        self.node_id = str(uuid.uuid4())
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:

@@ -8,29 +8,39 @@ Collections and entities, as Kong serves them on port 8001::
     /consumers/{c}/key-auth
     /consumer_groups/{g}/consumers   /consumers/{c}/consumer_groups   (memberships)
 
-plus ``/{parent}/{x}/{child}/{id}`` for one nested entity. GET lists page like Kong's
-(``size`` 1-1000, default 100; an opaque ``offset``; ``{"data", "next", "offset"}``), in
-id order. Every write is one ``ConfigManager.update``: the change is applied to a copy of
-the document, compiled, and stored only if it compiles, so a refused request stores
-nothing. Reads answer from the stored document as written: a plugin config holding
-``{vault://env/X}`` is returned as that reference, never as the secret's value.
+plus ``/{parent}/{x}/{child}/{id}`` for one nested entity, and Kong's node endpoints::
+
+    /                    node information (admin/node.py)   /plugins/enabled
+    /schemas/{entity}    /schemas/plugins/{name}            (admin/schemas.py)
+    /schemas/{entity}/validate   /schemas/plugins/validate
+    /tags   /tags/{tag}                                     (admin/tags.py)
+    /config              the whole config (admin/declarative.py)
+
+GET lists page like Kong's (``admin/paging.py``). Every write is one
+``ConfigManager.update``: the change is applied to a copy of the document, compiled, and
+stored only if it compiles, so a refused request stores nothing. A ``validate`` runs the
+same change through ``ConfigManager.check``, which stops before storing. Reads answer
+from the stored document as written: a plugin config holding ``{vault://env/X}`` is
+returned as that reference, never as the secret's value. Any other path is Kong's 404
+``{"message": "Not found"}``, a known path with another method its 405.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
-from urllib.parse import quote
 
 import msgspec
 
 from tokenlb_proxy.admin import crud, declarative, kong_errors
 from tokenlb_proxy.admin.forms import FORM, FormError, coerce_form_body, media_type, parse_form
 from tokenlb_proxy.admin.kong_errors import AdminError
+from tokenlb_proxy.admin.node import NodeInfo, enabled_plugins, node_info
+from tokenlb_proxy.admin.paging import by_id, page, tagged
+from tokenlb_proxy.admin.schemas import entity_schema, plugin_schema
+from tokenlb_proxy.admin.tags import tag_rows
 from tokenlb_proxy.config.errors import ConfigError
 from tokenlb_proxy.control.repository import ConfigConflict, StoredConfig
 from tokenlb_proxy.redis_outage import is_outage
@@ -59,10 +69,8 @@ NESTED = {
     ("consumer_groups", "plugins"): ("plugins", "consumer_group"),
     ("consumers", "key-auth"): ("keyauth_credentials", "consumer"),
 }
-#: Kong's page sizes.
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-
+#: Kong's list of loaded plugins; the path comes before ``/plugins/{id}``, as in Kong.
+PLUGINS_ENABLED = ["plugins", "enabled"]
 Response = tuple[int, Any]
 
 
@@ -73,12 +81,15 @@ class Control(Protocol):
 
     async def update(self, change: Callable[[dict[str, Any]], T]) -> T: ...
 
+    async def check(self, change: Callable[[dict[str, Any]], T]) -> T: ...
+
 
 class AdminApi:
     """Answers one Admin API request: (method, path, query, body) -> (status, JSON)."""
 
-    def __init__(self, control: Callable[[], Control]) -> None:
+    def __init__(self, control: Callable[[], Control], node: NodeInfo | None = None) -> None:
         self._control = control
+        self._node = node if node is not None else NodeInfo()
 
     async def handle(
         self,
@@ -110,7 +121,9 @@ class AdminApi:
     ) -> Response:
         if segments == ["config"]:
             return await self._declarative(method, raw)
-        if not segments or segments[0] not in COLLECTIONS:
+        if not segments or segments[0] in ("schemas", "tags") or segments == PLUGINS_ENABLED:
+            return await self._node_route(method, segments, query, raw)
+        if segments[0] not in COLLECTIONS:
             raise kong_errors.not_found()
         kind = COLLECTIONS[segments[0]]
         writes = method in ("POST", "PUT", "PATCH")
@@ -136,6 +149,48 @@ class AdminApi:
             return await self._members(method, segments, query, body, "consumers")
         raise kong_errors.not_found()
 
+    async def _node_route(
+        self, method: str, segments: list[str], query: Mapping[str, str], raw: _Body
+    ) -> Response:
+        """``/``, ``/plugins/enabled``, ``/schemas/...`` and ``/tags[/{tag}]``: each takes
+        one method (POST for a validate, GET for the rest), as Kong's routes do."""
+        route = _node_route_name(segments)
+        if route is None:
+            raise kong_errors.not_found()
+        if method != ("POST" if route == "validate" else "GET"):
+            return _method_not_allowed()
+        if route == "validate":
+            return await self._validate(segments[1], raw)
+        if route == "plugin schema":
+            return 200, _found(plugin_schema(segments[2]), kong_errors.no_plugin(segments[2]))
+        if route == "entity schema":
+            return 200, _found(entity_schema(segments[1]), kong_errors.no_entity(segments[1]))
+        if route == "enabled":
+            return 200, enabled_plugins()
+        document = (await self._control().current()).document
+        if route == "tags":
+            rows = tag_rows(document, time.time(), segments[1] if len(segments) > 1 else None)
+            return 200, page(rows, segments, {k: v for k, v in query.items() if k != "tags"})
+        return 200, node_info(self._node, document)
+
+    async def _validate(self, kind: str, raw: _Body) -> Response:
+        """``POST /schemas/{kind}/validate``: the body goes through a POST's own steps
+        (decoding, ``crud.create``, the compile of the changed document) and nothing is
+        stored. It is created among the entities it may refer to and no others
+        (``crud.isolate``): Kong judges a body on its own, not against its siblings, and
+        decK's ``validate --online`` sends entities that already exist."""
+        if entity_schema(kind) is None:
+            raise kong_errors.no_entity(kind)
+        body = raw.decode(kind)
+        now = int(time.time())
+
+        def create_alone(doc: dict[str, Any]) -> dict[str, Any]:
+            crud.isolate(doc, kind)
+            return crud.create(doc, kind, body, now)
+
+        await self._write(kind, create_alone, check_only=True)
+        return 200, {"message": "schema validation successful"}
+
     # ---------------------------------------------------------------- collections
 
     async def _collection(
@@ -155,8 +210,8 @@ class AdminApi:
                 parent = crud.get(doc, parent_kind, key)
                 items = [e for e in items if e.get(field) == {"id": parent["id"]}]
             now = time.time()
-            items = [e for e in _tagged(items, query.get("tags")) if not crud.expired(kind, e, now)]
-            return 200, _page([crud.present(kind, e, now) for e in items], segments, query)
+            items = [e for e in tagged(items, query.get("tags")) if not crud.expired(kind, e, now)]
+            return 200, page(by_id(crud.present(kind, e, now) for e in items), segments, query)
         if method != "POST":
             return _method_not_allowed()
         now = int(time.time())
@@ -253,7 +308,7 @@ class AdminApi:
             else:
                 ids = [g["id"] for g in owner.get("groups") or ()]
                 listed = [g for g in doc.get("consumer_groups", ()) if g["id"] in ids]
-            return 200, _page([crud.present(other_kind, e) for e in listed], segments, query)
+            return 200, page(by_id(crud.present(other_kind, e) for e in listed), segments, query)
         if method != "POST":
             return _method_not_allowed()
         field = "consumer" if owner_kind == "consumer_groups" else "group"
@@ -298,9 +353,12 @@ class AdminApi:
         except ConfigError as exc:
             raise declarative.declarative_error(exc) from None
 
-    async def _write(self, kind: str, change: Callable[[dict[str, Any]], T]) -> T:
-        """Run ``change`` through the config manager; a compile failure becomes a schema
-        violation of the entity the change wrote."""
+    async def _write(
+        self, kind: str, change: Callable[[dict[str, Any]], T], check_only: bool = False
+    ) -> T:
+        """Run ``change`` through the config manager (only up to storing it, with
+        ``check_only``); a compile failure becomes a schema violation of the entity the
+        change wrote."""
         written: dict[str, int | None] = {}
 
         def tracked(doc: dict[str, Any]) -> T:
@@ -309,8 +367,9 @@ class AdminApi:
             written["index"] = crud.index_of(doc, kind, entity_id) if entity_id else None
             return result
 
+        control = self._control()
         try:
-            return await self._control().update(tracked)
+            return await (control.check(tracked) if check_only else control.update(tracked))
         except ConfigError as exc:
             raise crud.compile_error(exc, kind, written.get("index")) from None
 
@@ -340,7 +399,30 @@ class _Body:
 
 
 def _method_not_allowed() -> Response:
-    return 405, {"message": "Method not allowed"}
+    error = kong_errors.method_not_allowed()
+    return error.status_code, error.body
+
+
+def _node_route_name(segments: list[str]) -> str | None:
+    """Which of Kong's node endpoints ``segments`` names, if any."""
+    head, rest = (segments[0], segments[1:]) if segments else ("", [])
+    if head == "schemas" and len(rest) == 2 and rest[1] == "validate":
+        return "validate"
+    if head == "schemas" and len(rest) == 2 and rest[0] == "plugins":
+        return "plugin schema"
+    if head == "schemas" and len(rest) == 1:
+        return "entity schema"
+    if head == "tags" and len(rest) <= 1:
+        return "tags"
+    if segments == PLUGINS_ENABLED:
+        return "enabled"
+    return "root" if not segments else None
+
+
+def _found(schema: dict[str, Any] | None, missing: AdminError) -> dict[str, Any]:
+    if schema is None:
+        raise missing
+    return schema
 
 
 def _forced(doc: dict[str, Any], scope: tuple[str, str, str] | None) -> dict[str, Any] | None:
@@ -377,55 +459,3 @@ def _group_view(doc: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
         "consumers": [crud.present("consumers", c) for c in _members_of(doc, group)],
         "plugins": [p for p in doc.get("plugins", ()) if p.get("consumer_group") == ref],
     }
-
-
-def _tagged(items: list[dict[str, Any]], tags: str | None) -> list[dict[str, Any]]:
-    """Kong's ``?tags=`` filter: ``a,b`` lists entities tagged with both, ``a/b`` with
-    either; the two cannot be mixed."""
-    if not tags:
-        return items
-    if "," in tags and "/" in tags:
-        raise kong_errors.invalid_tags("cannot mix 'or' and 'and'")
-    wanted = set(tags.replace("/", ",").split(","))
-    if "" in wanted:
-        raise kong_errors.invalid_tags("empty tag")
-    if "/" in tags:
-        return [e for e in items if wanted & set(e.get("tags") or ())]
-    return [e for e in items if wanted <= set(e.get("tags") or ())]
-
-
-def _page(items: list[dict[str, Any]], segments: list[str], query: Mapping[str, str]) -> Any:
-    """One page of ``items`` (in id order) and the link to the next, as Kong pages."""
-    size_arg = query.get("size")
-    size = DEFAULT_PAGE_SIZE
-    if size_arg is not None:
-        try:
-            size = int(size_arg)
-        except ValueError:
-            raise kong_errors.invalid_size("size must be a number") from None
-        if not 1 <= size <= MAX_PAGE_SIZE:
-            raise kong_errors.invalid_size(f"size must be an integer between 1 and {MAX_PAGE_SIZE}")
-    offset = query.get("offset")
-    if offset:
-        after = _decode_offset(offset)
-        items = [e for e in items if str(e["id"]) > after]
-    page, rest = items[:size], items[size:]
-    body: dict[str, Any] = {"data": page, "next": None}
-    if rest:
-        token = base64.urlsafe_b64encode(str(page[-1]["id"]).encode()).decode().rstrip("=")
-        link = f"/{'/'.join(quote(s, safe='') for s in segments)}?offset={quote(token)}"
-        body["next"] = link + (f"&size={size}" if size_arg is not None else "")
-        if query.get("tags"):
-            body["next"] += f"&tags={quote(query['tags'], safe=',/')}"
-        body["offset"] = token
-    return body
-
-
-def _decode_offset(offset: str) -> str:
-    try:
-        decoded = base64.urlsafe_b64decode(offset + "=" * (-len(offset) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise kong_errors.invalid_offset(offset) from None
-    if not decoded:
-        raise kong_errors.invalid_offset(offset)
-    return decoded

@@ -28,7 +28,7 @@ import msgspec.structs
 
 from tokenlb_proxy.admin import kong_errors
 from tokenlb_proxy.admin.kong_errors import AdminError
-from tokenlb_proxy.config.entities import NESTED, PLUGIN_SCOPES, STRUCTS, flat_entity
+from tokenlb_proxy.config.entities import KINDS, NESTED, PLUGIN_SCOPES, STRUCTS, flat_entity
 from tokenlb_proxy.config.errors import ConfigError, FieldError
 from tokenlb_proxy.config.loader import schema_errors, unwrap_type
 from tokenlb_proxy.config.plugin import AiProxyAdvancedConfig
@@ -43,9 +43,11 @@ __all__ = [
     "find",
     "get",
     "index_of",
+    "isolate",
     "patch",
     "present",
     "put",
+    "refused_fields",
     "remove_member",
 ]
 
@@ -85,6 +87,12 @@ _SECRET_FIELDS = frozenset({"key"})
 def entities(doc: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     listed: list[dict[str, Any]] = doc.setdefault(kind, [])
     return listed
+
+
+def refused_fields(kind: str) -> frozenset[str]:
+    """Fields of ``kind``'s decK model a request body may not set: nested entities (their
+    own endpoints write them) and the document's bookkeeping (memberships)."""
+    return frozenset(NESTED[kind]) | frozenset(_INTERNAL.get(kind, ()))
 
 
 def _is_uuid(value: str) -> bool:
@@ -246,6 +254,24 @@ def delete(doc: dict[str, Any], kind: str, key: str) -> bool:
     return True
 
 
+def isolate(doc: dict[str, Any], kind: str) -> None:
+    """Keep in ``doc`` only the entities an entity of ``kind`` may refer to (a route its
+    service, a plugin its service, route, consumer and group, ...), so that one can be
+    checked on its own: no sibling to clash with, every reference still resolvable."""
+    kept: set[str] = set()
+    pending = [kind]
+    while pending:
+        for _, target in FOREIGN[pending.pop()]:
+            if target not in kept:
+                kept.add(target)
+                pending.append(target)
+    if "consumers" in kept:
+        kept.add("consumer_groups")  # a consumer's memberships name groups
+    for listed in KINDS:
+        if listed not in kept:
+            doc[listed] = []
+
+
 def add_members(
     doc: dict[str, Any], group: dict[str, Any], consumers: list[dict[str, Any]], now: int
 ) -> None:
@@ -274,11 +300,7 @@ def _body(kind: str, body: Any) -> dict[str, Any]:
     """A request body as fields; nested entities and bookkeeping are unknown fields."""
     if not isinstance(body, dict):
         raise kong_errors.schema_violation([FieldError("", "expected a record")])
-    refused = [
-        FieldError(name, "unknown field")
-        for name in body
-        if name in NESTED[kind] or name in _INTERNAL.get(kind, ())
-    ]
+    refused = [FieldError(name, "unknown field") for name in body if name in refused_fields(kind)]
     if "id" in body and not (isinstance(body["id"], str) and _is_uuid(body["id"])):
         refused.append(FieldError("id", "expected a valid UUID"))
     if refused:

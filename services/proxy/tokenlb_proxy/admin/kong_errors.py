@@ -9,7 +9,9 @@ Every refusal is one ``AdminError`` carrying the HTTP status and the JSON body::
     ├── 400 foreign key violation   code 4  (a reference to nothing; delete of a referenced entity)
     ├── 400 invalid offset / size   code 7 / 9
     ├── 401 {"message": "Invalid credentials. Token or User credentials required"}
-    ├── 404 {"message": "Not found"}
+    ├── 404 {"message": "Not found"}, {"message": "No entity named 'x'"} (/schemas),
+    │       {"message": "No plugin named 'x'"} (/schemas/plugins)
+    ├── 405 {"message": "Method not allowed"}
     └── 409 unique constraint violation  code 5
 
 ``fields`` mirrors the entity: ``config.targets[0].weight`` becomes
@@ -32,6 +34,9 @@ __all__ = [
     "invalid_offset",
     "invalid_size",
     "kong_message",
+    "method_not_allowed",
+    "no_entity",
+    "no_plugin",
     "not_found",
     "primary_key_violation",
     "schema_violation",
@@ -60,6 +65,20 @@ class AdminError(Exception):
 
 def not_found() -> AdminError:
     return AdminError(404, {"message": "Not found"})
+
+
+def no_entity(name: str) -> AdminError:
+    """``/schemas/{name}`` of an entity tokenlb does not have."""
+    return AdminError(404, {"message": f"No entity named '{name}'"})
+
+
+def no_plugin(name: str) -> AdminError:
+    """``/schemas/plugins/{name}`` of a plugin tokenlb does not have."""
+    return AdminError(404, {"message": f"No plugin named '{name}'"})
+
+
+def method_not_allowed() -> AdminError:
+    return AdminError(405, {"message": "Method not allowed"})
 
 
 def invalid_json() -> AdminError:

@@ -57,11 +57,7 @@ class ConfigManager:
         """Apply ``change`` (which edits the document in place and returns what the caller
         answers with, or raises to refuse) and store the result if it compiles."""
         for _ in range(MAX_ATTEMPTS):
-            stored = await self.current()
-            document = copy.deepcopy(stored.document)
-            result = change(document)
-            # Off the event loop: a large config takes a while to compile.
-            gateway = await asyncio.to_thread(self._compile, document)
+            stored, document, result, gateway = await self._changed(change)
             async with self._lock:
                 try:
                     version = await self.repository.save(document, stored.version)
@@ -70,3 +66,22 @@ class ConfigManager:
                 await self._apply(gateway, StoredConfig(version, document))
             return result
         raise ConfigConflict(f"gave up after {MAX_ATTEMPTS} concurrent changes")
+
+    async def check(self, change: Callable[[dict[str, Any]], T]) -> T:
+        """What ``update`` would answer for ``change``, storing and serving nothing: the
+        Admin API's ``/schemas/.../validate`` runs a body through the very steps of a
+        real write, so "valid" there means a POST of it is accepted."""
+        _, _, result, _ = await self._changed(change)
+        return result
+
+    async def _changed(
+        self, change: Callable[[dict[str, Any]], T]
+    ) -> tuple[StoredConfig, dict[str, Any], T, Gateway]:
+        """``change`` applied to a copy of the stored document, and that copy compiled
+        (``ConfigError`` when it does not compile)."""
+        stored = await self.current()
+        document = copy.deepcopy(stored.document)
+        result = change(document)
+        # Off the event loop: a large config takes a while to compile.
+        gateway = await asyncio.to_thread(self._compile, document)
+        return stored, document, result, gateway
