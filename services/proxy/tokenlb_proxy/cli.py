@@ -57,6 +57,7 @@ def _valid_redis_url(command: str, url: str) -> bool:
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from tokenlb_proxy.admin.security import is_loopback  # noqa: PLC0415 - keep `--help` fast
     from tokenlb_proxy.config import ConfigError  # noqa: PLC0415
+    from tokenlb_proxy.listen import CannotListen  # noqa: PLC0415
     from tokenlb_proxy.server import run_proxy  # noqa: PLC0415
     from tokenlb_proxy.settings import settings_from_env  # noqa: PLC0415
 
@@ -89,6 +90,9 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         return 2
     try:
         run_proxy(settings)
+    except CannotListen as exc:
+        print(f"tokenlb proxy: {exc}", file=sys.stderr)
+        return 1
     except ConfigError as exc:
         what = f"invalid config {settings.config_path}" if settings.config_path else "no config"
         print(f"tokenlb proxy: {what}:", file=sys.stderr)
@@ -219,6 +223,7 @@ def _add_config_parser(commands: Any) -> None:
 
 
 def _cmd_mock_upstream(args: argparse.Namespace) -> int:
+    from tokenlb_proxy.listen import CannotListen  # noqa: PLC0415
     from tokenlb_proxy.mock_upstream import run_mock_upstream, settings_from_args  # noqa: PLC0415
 
     if not _configure_logging("mock-upstream", default_level="WARNING"):
@@ -228,7 +233,11 @@ def _cmd_mock_upstream(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"tokenlb mock-upstream: {exc}", file=sys.stderr)
         return 2
-    run_mock_upstream(args.host, args.port, settings)
+    try:
+        run_mock_upstream(args.host, args.port, settings)
+    except CannotListen as exc:
+        print(f"tokenlb mock-upstream: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import uvicorn
 
+from tokenlb_proxy.listen import bind_all, format_address
 from tokenlb_proxy.mock_state import (
     AssistantMessage,
     ChatRequest,
@@ -441,12 +442,14 @@ class _AnnouncingServer(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self.started:
             port = self.servers[0].sockets[0].getsockname()[1]
-            host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-            print(f"mock-upstream listening on http://{host}:{port}", flush=True)
+            address = format_address(self.config.host, port)
+            print(f"mock-upstream listening on http://{address}", flush=True)
 
 
 def run_mock_upstream(host: str, port: int, settings: MockSettings) -> None:
-    """Serve the mock until interrupted (uvloop and httptools when installed)."""
+    """Serve the mock until interrupted (uvloop and httptools when installed);
+    ``CannotListen`` when the address cannot be bound."""
+    (sock,) = bind_all([(host, port)])
     config = uvicorn.Config(
         create_mock_app(settings),
         host=host,
@@ -458,7 +461,10 @@ def run_mock_upstream(host: str, port: int, settings: MockSettings) -> None:
         log_level="warning",
         timeout_graceful_shutdown=1,
     )
-    _AnnouncingServer(config).run()
+    try:
+        _AnnouncingServer(config).run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
