@@ -16,7 +16,7 @@ import pytest
 from redis.exceptions import ClusterDownError, ConnectionError, RedisClusterException
 
 from tests.support import free_port, start_redis
-from tokenlb_proxy.redis_outage import is_outage
+from tokenlb_proxy.redis_outage import describe_outage, is_outage
 from tokenlb_proxy.store.connect import RedisClient, connect_redis
 
 
@@ -137,3 +137,12 @@ def test_attribute_and_type_errors_from_inside_redis_py_are_outages(error: Excep
 def test_the_same_errors_raised_by_our_code_are_bugs(error: BaseException) -> None:
     assert not is_outage(_raised(error))
     assert not is_outage(_raised_inside("tokenlb_proxy.store.redis", error))
+
+
+def test_an_outage_is_described_on_one_line_without_the_password() -> None:
+    error = ConnectionError("Error 111 connecting to h1:6379.\nauth s3cret-pw refused")
+    line = describe_outage("redis://app:s3cret-pw@h1:6379/0", error)
+    assert line == (
+        "Redis at redis://app:***@h1:6379/0 is unreachable "
+        "(ConnectionError: Error 111 connecting to h1:6379. auth *** refused)"
+    )

@@ -8,7 +8,9 @@ from collections.abc import Mapping
 
 import msgspec
 
-__all__ = ["AggregatorSettings", "aggregator_settings"]
+from tokenlb_proxy.settings import EnvVariable, SettingsError, read_environment
+
+__all__ = ["AGGREGATOR_ENVIRONMENT", "AggregatorSettings", "aggregator_settings"]
 
 
 class AggregatorSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,6 +41,18 @@ class AggregatorSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_sink: str = "stdout"
 
 
+#: The variables the aggregator reads: the proxy's Redis URL and log sink, then every
+#: setting as ``TOKENLB_AGGREGATOR_<NAME>`` (e.g. ``..._CLAIM_IDLE_MS``), which wins.
+AGGREGATOR_ENVIRONMENT: tuple[EnvVariable, ...] = (
+    EnvVariable("TOKENLB_REDIS_URL", "redis_url", "the proxies' Redis"),
+    EnvVariable("TOKENLB_LOG_SINK", "log_sink", "where Kong's log lines go"),
+    *(
+        EnvVariable(f"TOKENLB_AGGREGATOR_{name.upper()}", name, name.replace("_", " "))
+        for name in AggregatorSettings.__struct_fields__
+    ),
+)
+
+
 def _default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -46,17 +60,16 @@ def _default_name() -> str:
 def aggregator_settings(
     environ: Mapping[str, str] | None = None, **overrides: object
 ) -> AggregatorSettings:
-    """Settings from ``TOKENLB_*`` variables; explicit (CLI) values win."""
+    """Settings from ``TOKENLB_*`` variables; explicit (CLI) values win. ``SettingsError``
+    names a variable whose value does not fit."""
     env = os.environ if environ is None else environ
     values: dict[str, object] = {
-        "redis_url": env.get("TOKENLB_REDIS_URL", ""),
+        "redis_url": "",
         "name": _default_name(),
-        "log_sink": env.get("TOKENLB_LOG_SINK", "stdout"),
+        **read_environment(env, AGGREGATOR_ENVIRONMENT, AggregatorSettings),
     }
-    # Every setting can also come from TOKENLB_AGGREGATOR_<NAME> (e.g. ..._CLAIM_IDLE_MS).
-    for name in AggregatorSettings.__struct_fields__:
-        value = env.get(f"TOKENLB_AGGREGATOR_{name.upper()}")
-        if value is not None:
-            values[name] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return msgspec.convert(values, AggregatorSettings, strict=False)
+    try:
+        return msgspec.convert(values, AggregatorSettings)
+    except msgspec.ValidationError as exc:  # an explicit value out of range
+        raise SettingsError(str(exc)) from None

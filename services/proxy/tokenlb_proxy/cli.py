@@ -17,14 +17,16 @@ tokenlb load --url URL [--requests 300]
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tokenlb_proxy import __version__
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from tokenlb_proxy.config import ConfigError
+
+__all__ = ["build_parser", "main"]
 
 
 def _configure_logging(command: str, default_level: str = "INFO") -> bool:
@@ -54,24 +56,69 @@ def _valid_redis_url(command: str, url: str) -> bool:
     return True
 
 
+def _required_redis_url(command: str, explicit: str | None) -> str | None:
+    """The Redis URL of a command that cannot work without one (``--redis-url``, else
+    ``TOKENLB_REDIS_URL``); None after saying on stderr why there is none usable."""
+    from tokenlb_proxy.settings import redis_url_from_env  # noqa: PLC0415
+
+    url = redis_url_from_env(explicit)
+    if not url:
+        print(f"tokenlb {command}: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
+        return None
+    return url if _valid_redis_url(command, url) else None
+
+
+def _talking_to_redis(
+    command: str, redis_url: str, run: Callable[[], int], consequence: str = ""
+) -> int:
+    """Run ``run``, the part of a command that needs Redis at ``redis_url``. Redis not
+    answering is an operator's matter (a wrong URL, a server not started), not a bug: it
+    ends the command with exit code 1 and one line, the same for every command (the URL
+    with its password masked, the reason, and ``consequence``), never a traceback."""
+    from tokenlb_proxy.redis_outage import describe_outage, is_outage  # noqa: PLC0415
+
+    try:
+        return run()
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        print(f"tokenlb {command}: {describe_outage(redis_url, exc)}{consequence}", file=sys.stderr)
+        return 1
+
+
+def _print_config_error(command: str, what: str, exc: ConfigError) -> None:
+    """A config that cannot be served: one line for one problem, else a line naming
+    ``what`` and one indented line per problem (each with its field path)."""
+    if len(exc.errors) == 1:
+        print(f"tokenlb {command}: {what}: {exc.errors[0]}", file=sys.stderr)
+        return
+    print(f"tokenlb {command}: {what}: {len(exc.errors)} errors", file=sys.stderr)
+    for error in exc.errors:
+        print(f"  {error}", file=sys.stderr)
+
+
 def _cmd_proxy(args: argparse.Namespace) -> int:
     from tokenlb_proxy.admin.security import is_loopback  # noqa: PLC0415 - keep `--help` fast
     from tokenlb_proxy.config import ConfigError  # noqa: PLC0415
     from tokenlb_proxy.listen import CannotListen  # noqa: PLC0415
     from tokenlb_proxy.server import run_proxy  # noqa: PLC0415
-    from tokenlb_proxy.settings import settings_from_env  # noqa: PLC0415
+    from tokenlb_proxy.settings import SettingsError, settings_from_env  # noqa: PLC0415
 
     if not _configure_logging("proxy"):
         return 2
-    settings = settings_from_env(
-        config_path=args.config,
-        redis_url=args.redis_url,
-        host=args.host,
-        port=args.port,
-        admin_host=args.admin_host,
-        admin_port=args.admin_port,
-        usage_events=args.usage_events,
-    )
+    try:
+        settings = settings_from_env(
+            config_path=args.config,
+            redis_url=args.redis_url,
+            host=args.host,
+            port=args.port,
+            admin_host=args.admin_host,
+            admin_port=args.admin_port,
+            usage_events=args.usage_events,
+        )
+    except SettingsError as exc:
+        print(f"tokenlb proxy: {exc}", file=sys.stderr)
+        return 2
     if not settings.config_path and not settings.redis_url:
         print(
             "tokenlb proxy: --config FILE (or TOKENLB_CONFIG) is required without --redis-url",
@@ -88,31 +135,42 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        run_proxy(settings)
-    except CannotListen as exc:
-        print(f"tokenlb proxy: {exc}", file=sys.stderr)
-        return 1
-    except ConfigError as exc:
-        what = f"invalid config {settings.config_path}" if settings.config_path else "no config"
-        print(f"tokenlb proxy: {what}:", file=sys.stderr)
-        for error in exc.errors:
-            print(f"  {error}", file=sys.stderr)
-        return 1
-    return 0
+
+    def serve() -> int:
+        try:
+            run_proxy(settings)
+        except CannotListen as exc:
+            print(f"tokenlb proxy: {exc}", file=sys.stderr)
+            return 1
+        except ConfigError as exc:
+            what = f"invalid config {settings.config_path}" if settings.config_path else "no config"
+            _print_config_error("proxy", what, exc)
+            return 1
+        return 0
+
+    if not settings.redis_url:
+        return serve()
+    # A replica with a config file serves through an outage; without one it cannot start.
+    nothing = "; without --config there is no config to serve until it answers"
+    return _talking_to_redis("proxy", settings.redis_url, serve, nothing)
 
 
 def _cmd_aggregator(args: argparse.Namespace) -> int:
     from tokenlb_aggregator.main import run_aggregator  # noqa: PLC0415
     from tokenlb_aggregator.settings import aggregator_settings  # noqa: PLC0415
+    from tokenlb_proxy.settings import SettingsError  # noqa: PLC0415
 
-    settings = aggregator_settings(
-        redis_url=args.redis_url,
-        name=args.name,
-        log_sink=args.log_sink,
-        claim_idle_ms=args.claim_idle_ms,
-        rollup_retention_s=args.rollup_retention,
-    )
+    try:
+        settings = aggregator_settings(
+            redis_url=args.redis_url,
+            name=args.name,
+            log_sink=args.log_sink,
+            claim_idle_ms=args.claim_idle_ms,
+            rollup_retention_s=args.rollup_retention,
+        )
+    except SettingsError as exc:
+        print(f"tokenlb aggregator: {exc}", file=sys.stderr)
+        return 2
     if not _configure_logging("aggregator"):
         return 2
     if not settings.redis_url:
@@ -120,6 +178,8 @@ def _cmd_aggregator(args: argparse.Namespace) -> int:
         return 2
     if not _valid_redis_url("aggregator", settings.redis_url):
         return 2
+    # No _talking_to_redis: an aggregator outlives Redis outages (it says so once and
+    # retries every second), so it also waits for a Redis that is not up yet.
     run_aggregator(settings)
     return 0
 
@@ -129,14 +189,15 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
     from tokenlb_proxy.stats_cli import print_stats  # noqa: PLC0415
 
-    redis_url = args.redis_url or os.environ.get("TOKENLB_REDIS_URL")
-    if not redis_url:
-        print("tokenlb stats: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
+    redis_url = _required_redis_url("stats", args.redis_url)
+    if redis_url is None:
         return 2
-    if not _valid_redis_url("stats", redis_url):
-        return 2
-    return asyncio.run(
-        print_stats(redis_url, args.minutes, as_json=args.json, per_minute=args.per_minute)
+    return _talking_to_redis(
+        "stats",
+        redis_url,
+        lambda: asyncio.run(
+            print_stats(redis_url, args.minutes, as_json=args.json, per_minute=args.per_minute)
+        ),
     )
 
 
@@ -165,40 +226,33 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
     from tokenlb_proxy.control import commands  # noqa: PLC0415
     from tokenlb_proxy.control.repository import ConfigConflict  # noqa: PLC0415
-    from tokenlb_proxy.redis_outage import is_outage  # noqa: PLC0415
-    from tokenlb_proxy.settings import redact_url  # noqa: PLC0415
 
     command = f"config {args.action}"
-    redis_url = args.redis_url or os.environ.get("TOKENLB_REDIS_URL")
-    if not redis_url:
-        print(f"tokenlb {command}: --redis-url (or TOKENLB_REDIS_URL) is required", file=sys.stderr)
+    redis_url = _required_redis_url(command, args.redis_url)
+    if redis_url is None:
         return 2
-    if not _valid_redis_url(command, redis_url):
-        return 2
-    try:
-        if args.action == "sync":
-            return asyncio.run(commands.sync_config(args.file, redis_url, dry_run=args.dry_run))
-        if args.action == "dump":
-            return commands.dump_config(redis_url, args.output)
-        binding = commands.PluginBinding(
-            service=args.service,
-            route=args.route,
-            consumer=args.consumer,
-            consumer_group=args.consumer_group,
-        )
-        return asyncio.run(commands.apply_manifest(args.filename, redis_url, binding))
-    except ConfigConflict:
-        print(f"tokenlb {command}: the config kept changing meanwhile; try again", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        if not is_outage(exc):
-            raise
-        print(
-            f"tokenlb {command}: Redis at {redact_url(redis_url)} is unreachable "
-            f"({type(exc).__name__}: {exc}); nothing was changed",
-            file=sys.stderr,
-        )
-        return 1
+
+    def run() -> int:
+        try:
+            if args.action == "sync":
+                return asyncio.run(commands.sync_config(args.file, redis_url, dry_run=args.dry_run))
+            if args.action == "dump":
+                return commands.dump_config(redis_url, args.output)
+            binding = commands.PluginBinding(
+                service=args.service,
+                route=args.route,
+                consumer=args.consumer,
+                consumer_group=args.consumer_group,
+            )
+            return asyncio.run(commands.apply_manifest(args.filename, redis_url, binding))
+        except ConfigConflict:
+            print(
+                f"tokenlb {command}: the config kept changing meanwhile; try again", file=sys.stderr
+            )
+            return 1
+
+    unchanged = "" if args.action == "dump" else "; nothing was changed"
+    return _talking_to_redis(command, redis_url, run, unchanged)
 
 
 def _add_config_parser(commands: Any) -> None:
@@ -255,6 +309,13 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.replicas < 1:
         print("tokenlb cluster up: --replicas must be at least 1", file=sys.stderr)
         return 2
+    if args.redis_url is not None:
+        if not _valid_redis_url("cluster up", args.redis_url):
+            return 2
+        # Checked before any child starts: replicas would serve on through the outage,
+        # and the cluster would only give up once the aggregator never came up.
+        if _talking_to_redis("cluster up", args.redis_url, lambda: _ping(args.redis_url)):
+            return 1
     return run_cluster(
         ClusterOptions(
             replicas=args.replicas,
@@ -268,6 +329,23 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
             workdir=Path(args.workdir) if args.workdir else None,
         )
     )
+
+
+def _ping(redis_url: str) -> int:
+    """0 once Redis at ``redis_url`` answered a PING; raises the outage otherwise."""
+    import asyncio  # noqa: PLC0415
+
+    from tokenlb_proxy.store.connect import connect_redis  # noqa: PLC0415
+
+    async def ping() -> None:
+        client = connect_redis(redis_url, timeout_s=5.0)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    asyncio.run(ping())
+    return 0
 
 
 def _cmd_load(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """What a Redis outage looks like to the code that calls redis-py.
 
 The store, the config watcher and start-up all treat an outage the same way (serve what
-they have, retry later), so they share one test for it:
+they have, retry later), so they share one test for it; the commands that cannot go on
+without Redis share one line to report it (``describe_outage``):
 
 - ``RedisError``: refused, reset, timed out, loading, out of memory, read-only replica,
   cluster down. ``RedisClusterException`` (a slot no master serves) is not one of them.
@@ -17,9 +18,13 @@ they have, retry later), so they share one test for it:
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from redis.exceptions import RedisClusterException, RedisError
 
-__all__ = ["is_outage"]
+from tokenlb_proxy.settings import redact_url
+
+__all__ = ["describe_outage", "is_outage"]
 
 _OUTAGE_ERRORS = (RedisError, RedisClusterException, OSError, RuntimeError)
 _RACE_ERRORS = (AttributeError, TypeError)
@@ -38,3 +43,14 @@ def is_outage(exc: BaseException) -> bool:
             return True
         frame = frame.tb_next
     return False
+
+
+def describe_outage(redis_url: str, exc: BaseException) -> str:
+    """The line every command prints when Redis does not answer: the URL with its
+    password masked, and redis-py's reason on the same line (its messages name the host
+    and port, never the password; it is masked there too, in case one ever does)."""
+    reason = " ".join(str(exc).split())
+    password = urlsplit(redis_url).password
+    if password:
+        reason = reason.replace(password, "***")
+    return f"Redis at {redact_url(redis_url)} is unreachable ({type(exc).__name__}: {reason})"

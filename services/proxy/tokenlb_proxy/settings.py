@@ -1,29 +1,53 @@
-"""Process settings: the only module that reads the environment."""
+"""Process settings: the only module that reads the environment.
+
+Each variable ``tokenlb proxy`` reads is listed once, with the setting it fills and a
+line of help (``PROXY_ENVIRONMENT``, ``LOG_ENVIRONMENT``): ``tokenlb proxy --help`` prints
+these lists, and a test checks they hold exactly the variables the readers below read.
+A value that does not fit its setting is a ``SettingsError`` naming the variable, never
+a traceback.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from typing import Literal, get_args
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Literal, NamedTuple, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
+import msgspec.structs
 
 __all__ = [
+    "LOG_ENVIRONMENT",
+    "PROXY_ENVIRONMENT",
+    "EnvVariable",
     "LogSettings",
     "ProxySettings",
     "SettingsError",
+    "describe_environment",
     "log_settings_from_env",
+    "read_environment",
     "redact_url",
+    "redis_url_from_env",
     "settings_from_env",
 ]
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
+#: Seconds that must be more than zero (a zero timeout or interval would spin or fail).
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value tokenlb cannot use."""
+
+
+class EnvVariable(NamedTuple):
+    """An environment variable, the settings field it fills, and what it is for."""
+
+    name: str
+    field: str
+    help: str
 
 
 class LogSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,13 +74,13 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
     #: Append a usage event per attempt to Redis for the aggregators.
     usage_events: bool = True
     #: Seconds between re-announcements of this replica's balancers to Redis.
-    announce_interval_s: float = 10.0
+    announce_interval_s: Seconds = 10.0
     #: Connect and read timeout of Redis calls, seconds: the longest a request waits on a
     #: Redis that stopped answering before this replica falls back to local counters.
-    redis_timeout_s: float = 1.0
+    redis_timeout_s: Seconds = 1.0
     #: Seconds between two checks of the config version in Redis, the fallback for a
     #: missed change announcement (and the only way on a Redis Cluster).
-    config_poll_interval_s: float = 0.5
+    config_poll_interval_s: Seconds = 0.5
     #: The Admin API token (``TOKENLB_ADMIN_TOKEN``; never a command-line flag, which
     #: every user of the machine could read in ``ps``). None: the API is open, which
     #: ``tokenlb proxy`` allows only on a loopback admin address.
@@ -71,24 +95,116 @@ class ProxySettings(msgspec.Struct, frozen=True, kw_only=True):
         return f"ProxySettings({', '.join(shown)})"
 
 
+#: What ``tokenlb proxy`` reads besides ``LOG_ENVIRONMENT``; a flag given on the command
+#: line wins over its variable.
+PROXY_ENVIRONMENT: tuple[EnvVariable, ...] = (
+    EnvVariable("TOKENLB_CONFIG", "config_path", "the config file, when --config is not given"),
+    EnvVariable(
+        "TOKENLB_REDIS_URL", "redis_url", "the shared Redis, when --redis-url is not given"
+    ),
+    EnvVariable(
+        "TOKENLB_ADMIN_TOKEN",
+        "admin_token",
+        "the Admin API token clients send in Kong-Admin-Token; required when the admin "
+        "port is not on loopback",
+    ),
+    EnvVariable(
+        "TOKENLB_USAGE_EVENTS",
+        "usage_events",
+        "false (or 0) appends no usage events, as --no-usage-events",
+    ),
+    EnvVariable(
+        "TOKENLB_REDIS_TIMEOUT_S",
+        "redis_timeout_s",
+        "seconds a Redis call may take before the replica falls back to local counters",
+    ),
+    EnvVariable(
+        "TOKENLB_CONFIG_POLL_INTERVAL_S",
+        "config_poll_interval_s",
+        "seconds between two checks of the config version in Redis",
+    ),
+    EnvVariable(
+        "TOKENLB_ANNOUNCE_INTERVAL_S",
+        "announce_interval_s",
+        "seconds between two announcements of this replica's balancers to Redis",
+    ),
+)
+#: How every long-running ``tokenlb`` command logs.
+LOG_ENVIRONMENT: tuple[EnvVariable, ...] = (
+    EnvVariable("TOKENLB_LOG_LEVEL", "level", "DEBUG, INFO, WARNING, ERROR or CRITICAL"),
+    EnvVariable("TOKENLB_LOG_FORMAT", "format", "text, or json for one JSON object a line"),
+)
+
+
 def settings_from_env(
     environ: Mapping[str, str] | None = None, **overrides: object
 ) -> ProxySettings:
-    """Settings from ``TOKENLB_*`` variables, with explicit (CLI) values taking precedence."""
+    """Settings from ``TOKENLB_*`` variables, with explicit (CLI) values taking precedence;
+    ``SettingsError`` names a variable whose value does not fit."""
     env = os.environ if environ is None else environ
-    log = log_settings_from_env(env)
     values: dict[str, object] = {
-        "config_path": env.get("TOKENLB_CONFIG", ""),
-        "redis_url": env.get("TOKENLB_REDIS_URL") or None,
-        "log_level": log.level,
-        "usage_events": env.get("TOKENLB_USAGE_EVENTS", "1").lower() not in ("0", "false", "no"),
-        "announce_interval_s": float(env.get("TOKENLB_ANNOUNCE_INTERVAL_S", "10")),
-        "redis_timeout_s": float(env.get("TOKENLB_REDIS_TIMEOUT_S", "1")),
-        "config_poll_interval_s": float(env.get("TOKENLB_CONFIG_POLL_INTERVAL_S", "0.5")),
-        "admin_token": env.get("TOKENLB_ADMIN_TOKEN") or None,
+        "log_level": log_settings_from_env(env).level,
+        **read_environment(env, PROXY_ENVIRONMENT, ProxySettings),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return msgspec.convert(values, ProxySettings)
+    try:
+        return msgspec.convert(values, ProxySettings)
+    except msgspec.ValidationError as exc:  # an explicit value out of range
+        raise SettingsError(str(exc)) from None
+
+
+def read_environment(
+    env: Mapping[str, str], variables: Sequence[EnvVariable], struct: type[msgspec.Struct]
+) -> dict[str, object]:
+    """The fields of ``struct`` the set (non-empty) ``variables`` give, each converted to
+    its field's type; ``SettingsError`` names the variable and the value that does not
+    fit, so a typo in a deployment is one line, not a traceback from deep in start-up."""
+    types = {field.name: field.type for field in msgspec.structs.fields(struct)}
+    values: dict[str, object] = {}
+    for variable in variables:
+        raw = env.get(variable.name, "").strip()
+        if not raw:
+            continue
+        wanted = types[variable.field]
+        try:
+            values[variable.field] = msgspec.convert(raw, wanted, strict=False)
+        except msgspec.ValidationError as exc:
+            if wanted is bool:
+                expected = "expected true or false (or 1 or 0)"
+            else:
+                expected = str(exc).replace("Expected", "expected", 1).replace(", got `str`", "")
+            raise SettingsError(f"{variable.name}={raw!r}: {expected}") from None
+    return values
+
+
+def redis_url_from_env(
+    explicit: str | None = None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The Redis URL a command uses: ``explicit`` (``--redis-url``), else
+    ``TOKENLB_REDIS_URL``; None when neither is set."""
+    env = os.environ if environ is None else environ
+    return explicit or env.get("TOKENLB_REDIS_URL") or None
+
+
+def describe_environment(
+    variables: Sequence[EnvVariable], struct: type[msgspec.Struct]
+) -> list[tuple[str, str]]:
+    """(variable, help) for a command's ``--help``, with the field's default when it has
+    one worth showing."""
+    defaults = {field.name: field.default for field in msgspec.structs.fields(struct)}
+    described = []
+    for variable in variables:
+        default = defaults.get(variable.field)
+        shown = default not in (None, "", msgspec.NODEFAULT)
+        text = f"{variable.help} (default {_shown(default)})" if shown else variable.help
+        described.append((variable.name, text))
+    return described
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def log_settings_from_env(

@@ -109,7 +109,11 @@ def dump_config(redis_url: str, output: str | None) -> int:
     document = nest(stored.document) if stored is not None else {"_format_version": "3.0"}
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
     if output:
-        Path(output).write_text(text, encoding="utf-8")
+        try:
+            Path(output).write_text(text, encoding="utf-8")
+        except OSError as exc:  # reported here: the command line reads OSError as an outage
+            print(f"tokenlb config dump: cannot write {output}: {exc.strerror}", file=sys.stderr)
+            return 1
         version = stored.version if stored is not None else 0
         print(f"wrote config version {version} to {output}", file=sys.stderr)
     else:

@@ -10,7 +10,8 @@
   left out altogether.
 - Redis is unreachable: the file is served (degraded, as the balancer state is) and the
   watcher catches up when Redis answers: it stores the file if Redis is still empty, or
-  switches to what Redis holds.
+  switches to what Redis holds. Without a file there is nothing to serve: the outage
+  itself is raised, for ``tokenlb proxy`` to report as every command reports one.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class StartingConfig:
 
 async def starting_config(config_path: str, repository: ConfigRepository) -> StartingConfig:
     """Decide what to serve (see the module docstring); ``ConfigError`` when there is
-    nothing this replica can serve."""
+    nothing this replica can serve, the outage when Redis is unreachable and there is no
+    file to serve meanwhile."""
     seed = read_config_file(config_path) if config_path else None
     try:
         stored = await repository.load()
@@ -62,8 +64,7 @@ async def starting_config(config_path: str, repository: ConfigRepository) -> Sta
         if not is_outage(exc):
             raise
         if seed is None:
-            unreachable = f"Redis is unreachable ({type(exc).__name__}) and no --config"
-            raise _cannot_start(unreachable) from None
+            raise
         log.warning(
             "Redis is unreachable (%s); serving %s until it returns",
             type(exc).__name__,
