@@ -149,6 +149,21 @@ def _admin_api(runtime: Runtime) -> Any:
     return kong_admin_api
 
 
+async def _aggregators(runtime: Runtime, reachable: bool) -> dict[str, Any] | None:
+    """The fleet's aggregators and event backlog (``fleet.aggregator_health``); None on
+    the embedded store, which rolls up in memory, and while Redis is unreachable."""
+    if runtime.redis is None or not reachable:
+        return None
+    try:
+        return await aggregator_health(
+            runtime.redis, [plan.keys for plan in runtime.gateway.balancers]
+        )
+    except Exception as exc:  # Redis may have gone away since the ping
+        if not is_outage(exc):
+            raise
+        return None
+
+
 def create_admin_app(runtime: Runtime) -> Litestar:
     """The admin app: ``GET /status``, ``/stats`` and ``/metrics`` (always open, see
     ``admin/security.py``) and Kong's Admin API on every other path (behind the admin
@@ -189,16 +204,7 @@ def create_admin_app(runtime: Runtime) -> Litestar:
                     ],
                 }
             )
-        aggregators: dict[str, Any] | None = None
-        if runtime.redis is not None and reachable:
-            # Redis may have gone away since the ping: report the rest.
-            try:
-                aggregators = await aggregator_health(
-                    runtime.redis, [plan.keys for plan in runtime.gateway.balancers]
-                )
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
+        aggregators = await _aggregators(runtime, reachable)
         degraded = runtime.degraded(reachable)
         return {
             "version": __version__,
@@ -225,9 +231,11 @@ def create_admin_app(runtime: Runtime) -> Litestar:
 
     @get("/stats")
     async def stats(minutes: int = 15) -> dict[str, Any]:
-        """Per-target counters over the last ``minutes`` (rollups) and usage right now."""
+        """Per-target counters over the last ``minutes`` (rollups), usage right now, and
+        the aggregators that make the rollups (what ``tokenlb stats --json`` prints)."""
         window = window_minutes(max(1, min(minutes, 7 * 24 * 60)))
         return {
+            "aggregators": await _aggregators(runtime, await runtime.store.healthy()),
             "balancers": [
                 await balancer_stats(
                     runtime.store,
@@ -236,9 +244,11 @@ def create_admin_app(runtime: Runtime) -> Litestar:
                     plan.half_life_ms,
                     {t.target_id: {"model": t.label, "weight": t.weight} for t in plan.targets},
                     window,
+                    algorithm=plan.algorithm,
+                    tokens_count_strategy=plan.tokens_count_strategy,
                 )
                 for plan in runtime.gateway.balancers
-            ]
+            ],
         }
 
     @get("/metrics")

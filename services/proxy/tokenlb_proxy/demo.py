@@ -25,12 +25,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from tokenlb_proxy.stats import format_share, share_basis, share_header, shares
+
 __all__ = ["run_demo"]
 
 DEMO_KEY = "sk-demo-not-a-real-key"
 MODELS = {"gpt-4": (30.0, 60.0), "gpt-4o-mini": (0.15, 0.6)}
 WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "while", "tokens", "flow")
 STARTUP_TIMEOUT_S = 20.0
+#: The demo balancer; its final table shows each target's share of what it counts.
+ALGORITHM = "lowest-usage"
+TOKENS_COUNT_STRATEGY = "total-tokens"
 
 _CONFIG = """\
 _format_version: "3.0"
@@ -39,8 +44,8 @@ plugins:
   instance_name: demo
   config:
     balancer:
-      algorithm: lowest-usage
-      tokens_count_strategy: total-tokens
+      algorithm: {algorithm}
+      tokens_count_strategy: {strategy}
     targets:
 {targets}
 """
@@ -67,6 +72,10 @@ class _TargetTally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
 
 
 def _free_port() -> int:
@@ -155,21 +164,26 @@ async def _send_traffic(
 
 
 def _print_table(console: Console, tallies: dict[str, _TargetTally], title: str) -> None:
+    """Per target what the clients saw, and its share of what the balancer counts (the
+    same basis as ``tokenlb stats``). Targets are named by model alone (all are OpenAI's
+    here, the title says so), which keeps the table within 80 columns."""
+    basis = share_basis(ALGORITHM, TOKENS_COUNT_STRATEGY)
     table = Table(title=title)
-    for column in ("target", "requests", "prompt", "completion", "total", "cost $", "share"):
+    columns = ("target", "requests", "prompt", "completion", "total", "cost $", share_header(basis))
+    for column in columns:
         table.add_column(column, justify="left" if column == "target" else "right")
-    grand_total = sum(t.prompt_tokens + t.completion_tokens for t in tallies.values()) or 1
-    for model in sorted(tallies):
+    models = sorted(tallies)
+    parts = shares([float(getattr(tallies[model], basis)) for model in models])
+    for model, share in zip(models, parts, strict=True):
         t = tallies[model]
-        total = t.prompt_tokens + t.completion_tokens
         table.add_row(
-            f"openai/{model}",
+            model,
             str(t.requests),
             str(t.prompt_tokens),
             str(t.completion_tokens),
-            str(total),
+            str(t.total_tokens),
             f"{t.cost:.4f}",
-            f"{100 * total / grand_total:.1f}%",
+            format_share(share),
         )
     console.print(table)
 
@@ -224,7 +238,9 @@ def run_demo(*, requests: int = 300, replicas: int = 3, concurrency: int = 24) -
             _TARGET.format(model=m, mock_port=mock_port, input_cost=i, output_cost=o)
             for m, (i, o) in MODELS.items()
         )
-        config.write_text(_CONFIG.format(targets=targets))
+        config.write_text(
+            _CONFIG.format(algorithm=ALGORITHM, strategy=TOKENS_COUNT_STRATEGY, targets=targets)
+        )
         env = {**os.environ, "DECK_OPENAI_API_KEY": DEMO_KEY}
         ports: list[int] = []
         admin_ports: list[int] = []
@@ -247,11 +263,11 @@ def run_demo(*, requests: int = 300, replicas: int = 3, concurrency: int = 24) -
             admin_ports.append(admin_port)
         console.print(
             f"{replicas} proxy replicas on ports {', '.join(map(str, ports))} "
-            f"(config: the seed's two targets, lowest-usage by total tokens)"
+            f"(config: the seed's two targets, {ALGORITHM} by {TOKENS_COUNT_STRATEGY})"
         )
 
         tallies = asyncio.run(_send_traffic(ports, requests, concurrency, console))
-        _print_table(console, tallies, "Tokens per target, as the clients saw them")
+        _print_table(console, tallies, "Tokens per target (openai), as the clients saw them")
         status = httpx.get(f"http://127.0.0.1:{admin_ports[0]}/status", timeout=5).json()
         console.print(
             f"fleet status from replica 1: store={status['store']}, "

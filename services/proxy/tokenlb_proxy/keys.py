@@ -45,7 +45,8 @@ class BalancerKeys(msgspec.Struct, frozen=True):
 
     #: Sorted set, target id -> forward-decayed usage (see lua/select_target.lua).
     usage: str
-    #: Hash with the decay epoch.
+    #: Hash with the decay epoch and half-life (written by the scripts), and the
+    #: algorithm and tokens_count_strategy (written when a replica announces the balancer).
     meta: str
     #: Hash, target id -> smooth round-robin current weight.
     round_robin: str

@@ -266,8 +266,14 @@ class TimedStore:
     ) -> dict[str, TargetTotals]:
         return await self.inner.totals(keys, half_life_ms, target_ids)
 
-    async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
-        await self.inner.register(balancer_id, keys, targets)
+    async def register(
+        self,
+        balancer_id: str,
+        keys: BalancerKeys,
+        targets: dict[str, str],
+        balancer: dict[str, str] | None = None,
+    ) -> None:
+        await self.inner.register(balancer_id, keys, targets, balancer)
 
     async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:
         await self.inner.retire(balancer_id, keys)

@@ -38,7 +38,7 @@ from tokenlb_proxy.store.connect import RedisClient, connect_redis
 from tokenlb_proxy.tokens import get_counter
 from tokenlb_proxy.transport import AiohttpTransport
 
-__all__ = ["Runtime", "describe_targets", "open_runtime"]
+__all__ = ["Runtime", "describe_balancer", "describe_targets", "open_runtime"]
 
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger(__name__)
@@ -52,6 +52,11 @@ def describe_targets(plan: BalancerPlan) -> dict[str, str]:
         ).decode()
         for t in plan.targets
     }
+
+
+def describe_balancer(plan: BalancerPlan) -> dict[str, str]:
+    """What a balancer balances on, for readers without its config (``tokenlb stats``)."""
+    return {"algorithm": plan.algorithm, "tokens_count_strategy": plan.tokens_count_strategy}
 
 
 async def open_runtime(settings: ProxySettings) -> Runtime:
@@ -139,7 +144,9 @@ class Runtime:
 
     async def announce(self) -> None:
         for plan in self.gateway.balancers:
-            await self.store.register(plan.balancer_id, plan.keys, describe_targets(plan))
+            await self.store.register(
+                plan.balancer_id, plan.keys, describe_targets(plan), describe_balancer(plan)
+            )
 
     async def _keep_announcing(self) -> None:
         """Announce again now and then: a Redis that restarted empty (or was flushed) has

@@ -3,6 +3,11 @@
 Counters come from the per-minute rollups (written by the aggregators, or in memory on
 the embedded store); ``usage`` is each target's decayed usage at this instant, read from
 the balancer state itself, so it is right whether or not an aggregator runs.
+
+A target's ``share`` is its part of what its balancer balances on (``share_basis``), so
+that an even balance reads as even: a ``prompt-tokens`` balancer that splits prompt
+tokens 50/50 may well split total tokens 94/6, and showing the latter made a balanced
+fleet look broken.
 """
 
 from __future__ import annotations
@@ -18,7 +23,46 @@ from tokenlb_proxy.keys import BalancerKeys
 from tokenlb_proxy.rollups import TargetRollup, merge_rollups
 from tokenlb_proxy.store.base import UsageStore
 
-__all__ = ["balancer_stats", "render_stats", "window_minutes"]
+__all__ = [
+    "balancer_stats",
+    "format_share",
+    "render_stats",
+    "share_basis",
+    "share_header",
+    "shares",
+    "window_minutes",
+]
+
+#: The window counter each ``tokens_count_strategy`` of a lowest-usage balancer counts.
+_COUNTED = {
+    "prompt-tokens": "prompt_tokens",
+    "completion-tokens": "completion_tokens",
+    "total-tokens": "total_tokens",
+    "cost": "cost",
+}
+
+
+def share_basis(algorithm: str | None, tokens_count_strategy: str | None) -> str:
+    """The window counter (``requests``, ``prompt_tokens``, ``cost``, ...) a target's share
+    is taken of: what its balancer evens out.
+
+    ``lowest-usage`` evens out its ``tokens_count_strategy``'s quantity. The others
+    hand out requests: ``round-robin``, ``priority`` and ``consistent-hashing`` by weight
+    (or key), ``least-connections`` by requests in flight, ``lowest-latency`` to the
+    fastest; tokens are not what they balance, so their share is of requests. A balancer
+    announced without its algorithm (by an older replica) is shown by total tokens.
+    """
+    if algorithm is None:
+        return "total_tokens"
+    if algorithm == "lowest-usage":
+        return _COUNTED.get(tokens_count_strategy or "total-tokens", "total_tokens")
+    return "requests"
+
+
+def shares(values: Sequence[float]) -> list[float | None]:
+    """Each value's part (0..1) of their sum; None for each when nothing was counted."""
+    total = sum(values)
+    return [value / total if total else None for value in values]
 
 
 def window_minutes(minutes: int, now_s: float | None = None) -> list[int]:
@@ -34,23 +78,31 @@ async def balancer_stats(
     half_life_ms: int,
     targets: Mapping[str, Mapping[str, Any]],
     minutes: Sequence[int],
+    *,
+    algorithm: str | None,
+    tokens_count_strategy: str | None,
 ) -> dict[str, Any]:
-    """One balancer's targets: totals over ``minutes``, per-minute rows, usage now."""
+    """One balancer's targets: totals over ``minutes``, per-minute rows, usage now, and
+    each target's share of what the balancer balances on (``share_basis``; None when
+    the window counted none of it)."""
     rollups = await store.rollups(keys, minutes)
     totals = merge_rollups(rollups)
     usage = await store.totals(keys, half_life_ms, list(targets))
     # When `usage` was true: it keeps decaying, so readers comparing two reports need it.
     measured_at_ms = time.time() * 1000
+    basis = share_basis(algorithm, tokens_count_strategy)
+    counted = {target_id: totals.get(target_id, TargetRollup()) for target_id in targets}
+    parts = shares([float(getattr(rollup, basis)) for rollup in counted.values()])
     rows = []
-    for target_id, description in targets.items():
-        counted = totals.get(target_id, TargetRollup())
+    for (target_id, description), share in zip(targets.items(), parts, strict=True):
         rows.append(
             {
                 "id": target_id,
                 "model": description.get("model"),
                 "weight": description.get("weight"),
                 "usage": usage[target_id].usage,
-                "window": counted.as_dict(),
+                "window": counted[target_id].as_dict(),
+                "share": share,
                 "minutes": [
                     {"minute": r.minute, **r.targets[target_id].as_dict()}
                     for r in rollups
@@ -60,6 +112,9 @@ async def balancer_stats(
         )
     return {
         "id": balancer_id,
+        "algorithm": algorithm,
+        "tokens_count_strategy": tokens_count_strategy,
+        "share_of": basis,
         "usage_half_life_s": half_life_ms / 1000,
         "usage_measured_at_ms": measured_at_ms,
         "window_minutes": [minutes[0], minutes[-1]] if minutes else [],
@@ -76,10 +131,7 @@ def render_stats(
         if per_minute:
             _render_minutes(console, balancer)
         rows = balancer["targets"]
-        grand_tokens = sum(r["window"]["total_tokens"] for r in rows) or 1
-        table = Table(
-            title=f"balancer {balancer['id']} (half-life {balancer['usage_half_life_s']:g} s)"
-        )
+        table = Table(title=_title(balancer))
         for column in (
             "target",
             "requests",
@@ -91,7 +143,7 @@ def render_stats(
             "p50 ms",
             "p95 ms",
             "usage now",
-            "share",
+            share_header(balancer["share_of"]),
         ):
             table.add_column(column, justify="left" if column == "target" else "right")
         for row in rows:
@@ -107,9 +159,27 @@ def render_stats(
                 _ms(w["latency_p50_ms"]),
                 _ms(w["latency_p95_ms"]),
                 f"{row['usage']:.1f}",
-                f"{100 * w['total_tokens'] / grand_tokens:.1f}%",
+                format_share(row["share"]),
             )
         console.print(table)
+
+
+def share_header(basis: str) -> str:
+    """The share column's header, naming what the share is of ("share of prompt tokens")."""
+    return f"share of {basis.replace('_', ' ')}"
+
+
+def format_share(share: float | None) -> str:
+    return "-" if share is None else f"{100 * share:.1f}%"
+
+
+def _title(balancer: Mapping[str, Any]) -> str:
+    """``balancer demo: lowest-usage by prompt-tokens (half-life 60 s)``."""
+    algorithm = balancer.get("algorithm")
+    if algorithm == "lowest-usage":
+        algorithm = f"lowest-usage by {balancer.get('tokens_count_strategy')}"
+    how = f"{algorithm}, " if algorithm else ""
+    return f"balancer {balancer['id']}: {how}half-life {balancer['usage_half_life_s']:g} s"
 
 
 def _ms(value: float | None) -> str:

@@ -165,8 +165,16 @@ class UsageStore(Protocol):
         """Totals and current decayed usage of the given targets."""
         ...
 
-    async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
-        """Make a balancer and its targets (id -> JSON description) findable by workers."""
+    async def register(
+        self,
+        balancer_id: str,
+        keys: BalancerKeys,
+        targets: dict[str, str],
+        balancer: dict[str, str] | None = None,
+    ) -> None:
+        """Make a balancer and its targets (id -> JSON description) findable by workers,
+        with what the balancer itself is (``balancer``: its algorithm and counted
+        quantity, which ``tokenlb stats`` reads to know what a share is of)."""
         ...
 
     async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:

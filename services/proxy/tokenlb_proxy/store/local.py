@@ -434,7 +434,14 @@ class LocalStore:
             )
         return result
 
-    async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
+    async def register(
+        self,
+        balancer_id: str,
+        keys: BalancerKeys,
+        targets: dict[str, str],
+        balancer: dict[str, str] | None = None,
+    ) -> None:
+        # No one reads ``balancer`` here: /stats on the embedded store has the plan itself.
         self._state(keys).targets.update(targets)
 
     async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:

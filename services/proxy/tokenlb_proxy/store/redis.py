@@ -148,11 +148,19 @@ class RedisStore:
                 )
             await pipe.execute()
 
-    async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
+    async def register(
+        self,
+        balancer_id: str,
+        keys: BalancerKeys,
+        targets: dict[str, str],
+        balancer: dict[str, str] | None = None,
+    ) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.sadd(BALANCERS_KEY, balancer_id)
             if targets:
                 pipe.hset(keys.targets, mapping=cast(Any, targets))
+            if balancer:
+                pipe.hset(keys.meta, mapping=cast(Any, balancer))
             await pipe.execute()
 
     async def retire(self, balancer_id: str, keys: BalancerKeys) -> None:

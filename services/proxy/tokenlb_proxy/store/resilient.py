@@ -75,7 +75,9 @@ class ResilientStore:
         self._down_since: float | None = None
         self._probe: asyncio.Task[None] | None = None
         #: What ``register`` was told, replayed to Redis when it returns.
-        self._registrations: dict[str, tuple[BalancerKeys, dict[str, str]]] = {}
+        self._registrations: dict[
+            str, tuple[BalancerKeys, dict[str, str], dict[str, str] | None]
+        ] = {}
         #: Balancers retired while Redis was away, deleted there when it returns.
         self._retirements: dict[str, BalancerKeys] = {}
         #: Latest Redis server time a selection returned (ms), and the value it had when
@@ -111,8 +113,8 @@ class ResilientStore:
                 for balancer_id, keys in list(self._retirements.items()):
                     await self.primary.retire(balancer_id, keys)
                     self._retirements.pop(balancer_id, None)
-                for balancer_id, (keys, targets) in list(self._registrations.items()):
-                    await self.primary.register(balancer_id, keys, targets)
+                for balancer_id, (keys, targets, about) in list(self._registrations.items()):
+                    await self.primary.register(balancer_id, keys, targets, about)
                 appended = await self._append_backlog()
             except Exception as exc:  # a bug must not leave the replica degraded for good
                 if not is_outage(exc):
@@ -221,14 +223,20 @@ class ResilientStore:
                 self._mark_down(exc)
         return await self.fallback.totals(keys, half_life_ms, target_ids)
 
-    async def register(self, balancer_id: str, keys: BalancerKeys, targets: dict[str, str]) -> None:
-        self._registrations[balancer_id] = (keys, targets)
+    async def register(
+        self,
+        balancer_id: str,
+        keys: BalancerKeys,
+        targets: dict[str, str],
+        balancer: dict[str, str] | None = None,
+    ) -> None:
+        self._registrations[balancer_id] = (keys, targets, balancer)
         self._retirements.pop(balancer_id, None)
-        await self.fallback.register(balancer_id, keys, targets)
+        await self.fallback.register(balancer_id, keys, targets, balancer)
         if self.degraded:
             return  # the probe announces it when Redis is back
         try:
-            await self.primary.register(balancer_id, keys, targets)
+            await self.primary.register(balancer_id, keys, targets, balancer)
         except Exception as exc:
             if not is_outage(exc):
                 raise
