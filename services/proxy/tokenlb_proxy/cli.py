@@ -1,17 +1,25 @@
-"""The ``tokenlb`` command line (the contract in design.md).
+"""The ``tokenlb`` command line (the contract in design.md): what each command runs.
+Its arguments, their help and each command's examples are in ``cli_parser.py``.
 
 tokenlb proxy --config FILE [--host H] [--port 8000] [--admin-host 127.0.0.1]
               [--admin-port 8001] [--redis-url URL]
               (with --redis-url, --config only seeds an empty Redis and may be left out)
+tokenlb aggregator --redis-url URL [...]
+tokenlb stats --redis-url URL [--minutes 15] [--per-minute] [--json]
 tokenlb mock-upstream [--port 9000] [...]
 tokenlb check FILE
 tokenlb config sync FILE [--dry-run] [--redis-url URL]
 tokenlb config dump [-o FILE] [--redis-url URL]
 tokenlb config apply -f MANIFEST [--service|--route|--consumer|--consumer-group NAME]
                      [--redis-url URL]
-tokenlb demo [--requests N] [--replicas N]
+tokenlb demo [--requests N] [--replicas N] [--concurrency N]
 tokenlb cluster up [--demo | --config FILE] [--replicas 3] [--port 8080] [--load N] [...]
-tokenlb load --url URL [--requests 300]
+tokenlb load --url URL [--requests 300] [--concurrency 16]
+
+An operator's mistake ends a command with one line on stderr, never a traceback: exit
+code 2 for a usage mistake (an option or variable missing or malformed), 1 when the
+command could not do its work (an address in use, Redis not answering, a config that
+cannot be served).
 """
 
 from __future__ import annotations
@@ -19,9 +27,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from tokenlb_proxy import __version__
+from tokenlb_proxy.cli_parser import build_parser
 
 if TYPE_CHECKING:
     from tokenlb_proxy.config import ConfigError
@@ -255,27 +263,6 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return _talking_to_redis(command, redis_url, run, unchanged)
 
 
-def _add_config_parser(commands: Any) -> None:
-    config = commands.add_parser("config", help="the fleet's config in Redis (decK-like)")
-    actions = config.add_subparsers(dest="action", required=True)
-    sync = actions.add_parser(
-        "sync", help="make Redis hold what a kong.yaml says, showing the difference first"
-    )
-    sync.add_argument("file")
-    sync.add_argument("--dry-run", action="store_true", help="show the difference only")
-    dump = actions.add_parser("dump", help="the stored config as a kong.yaml")
-    dump.add_argument("-o", "--output", help="write it to this file instead of stdout")
-    apply = actions.add_parser(
-        "apply", help="upsert the KongPlugin / KongClusterPlugin resources of a manifest"
-    )
-    apply.add_argument("-f", "--filename", required=True, help="the manifest (YAML)")
-    for scope in ("service", "route", "consumer", "consumer-group"):
-        apply.add_argument(f"--{scope}", metavar="NAME", help=f"bind the plugins to this {scope}")
-    for action in (sync, dump, apply):
-        action.add_argument("--redis-url", default=None, help="the fleet's Redis")
-        action.set_defaults(func=_cmd_config)
-
-
 def _cmd_mock_upstream(args: argparse.Namespace) -> int:
     from tokenlb_proxy.listen import CannotListen  # noqa: PLC0415
     from tokenlb_proxy.mock_upstream import run_mock_upstream, settings_from_args  # noqa: PLC0415
@@ -360,117 +347,23 @@ def _cmd_load(args: argparse.Namespace) -> int:
     )
 
 
-def _add_cluster_parser(commands: Any) -> None:
-    cluster = commands.add_parser("cluster", help="run the docker-compose topology locally")
-    actions = cluster.add_subparsers(dest="action", required=True)
-    up = actions.add_parser(
-        "up",
-        help="Redis, N replicas and HAProxy (plus the mock upstream with --demo) until Ctrl-C",
-    )
-    up.add_argument("--replicas", type=int, default=3)
-    source = up.add_mutually_exclusive_group()
-    source.add_argument("--demo", action="store_true", help="the mock upstream and demo config")
-    source.add_argument("--config", help="kong.yaml for the replicas (keys from DECK_* vars)")
-    up.add_argument("--port", type=int, default=8080, help="HAProxy port (0: any free)")
-    up.add_argument(
-        "--replica-port",
-        type=int,
-        default=8100,
-        help="replica i on PORT+2i, its admin on PORT+2i+1 (0: free ports)",
-    )
-    up.add_argument("--redis-url", help="use this Redis instead of a private redis-server")
-    up.add_argument("--haproxy", help="haproxy binary (default: from PATH or /usr/sbin)")
-    up.add_argument("--load", type=int, default=0, help="send N demo requests once up")
-    up.add_argument("--workdir", help="logs, rendered configs, cluster.json (default: a temp dir)")
-    up.set_defaults(func=_cmd_cluster_up)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from tokenlb_proxy.mock_upstream import add_mock_arguments  # noqa: PLC0415
-
-    parser = argparse.ArgumentParser(
-        prog="tokenlb", description="Fleet-wide lowest-usage LLM load balancer"
-    )
-    parser.add_argument("--version", action="version", version=f"tokenlb {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    proxy = commands.add_parser("proxy", help="run one proxy replica")
-    proxy.add_argument(
-        "--config",
-        help="kong.yaml, plugin JSON or KongPlugin manifest (with --redis-url: seeds an "
-        "empty Redis; optional once Redis holds a config)",
-    )
-    proxy.add_argument("--host", default=None, help="proxy bind address (127.0.0.1)")
-    proxy.add_argument("--port", type=int, default=None, help="proxy port (8000)")
-    proxy.add_argument("--admin-host", default=None, help="admin bind address (127.0.0.1)")
-    proxy.add_argument("--admin-port", type=int, default=None, help="admin port (8001)")
-    proxy.add_argument("--redis-url", default=None, help="shared Redis; none: embedded store")
-    proxy.add_argument(
-        "--no-usage-events",
-        dest="usage_events",
-        action="store_false",
-        default=None,
-        help="do not append usage events to Redis (no aggregator rollups or traces)",
-    )
-    proxy.set_defaults(func=_cmd_proxy)
-
-    aggregator = commands.add_parser(
-        "aggregator", help="turn usage events into rollups, Kong log lines and traces"
-    )
-    aggregator.add_argument("--redis-url", default=None, help="the proxies' Redis")
-    aggregator.add_argument("--name", default=None, help="consumer name (default host-pid)")
-    aggregator.add_argument(
-        "--log-sink", default=None, help="Kong log lines: stdout (default), stderr, none, FILE"
-    )
-    aggregator.add_argument(
-        "--claim-idle-ms",
-        type=int,
-        default=None,
-        help="take over events another aggregator left pending this long (15000)",
-    )
-    aggregator.add_argument(
-        "--rollup-retention", type=int, default=None, help="seconds rollups are kept (604800)"
-    )
-    aggregator.set_defaults(func=_cmd_aggregator)
-
-    stats = commands.add_parser("stats", help="per-target usage, tokens, cost and latency")
-    stats.add_argument("--redis-url", default=None)
-    stats.add_argument("--minutes", type=int, default=15, help="window, in minutes (15)")
-    stats.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    stats.add_argument("--per-minute", action="store_true", help="also a row per minute")
-    stats.set_defaults(func=_cmd_stats)
-
-    check = commands.add_parser("check", help="validate a config file and print its errors")
-    check.add_argument("file")
-    check.set_defaults(func=_cmd_check)
-
-    mock = commands.add_parser("mock-upstream", help="run an OpenAI-compatible fake LLM")
-    add_mock_arguments(mock)
-    mock.set_defaults(func=_cmd_mock_upstream)
-
-    demo = commands.add_parser("demo", help="run a local fleet and show the balance")
-    demo.add_argument("--requests", type=int, default=300)
-    demo.add_argument("--replicas", type=int, default=3)
-    demo.add_argument("--concurrency", type=int, default=24)
-    demo.set_defaults(func=_cmd_demo)
-
-    _add_config_parser(commands)
-    _add_cluster_parser(commands)
-
-    load = commands.add_parser("load", help="send demo traffic to a running gateway")
-    load.add_argument("--url", required=True, help="OpenAI base URL, e.g. http://host:8080/v1")
-    load.add_argument("--requests", type=int, default=300)
-    load.add_argument("--concurrency", type=int, default=16)
-    load.add_argument("--stream-share", type=float, default=0.3, help="share streamed (0..1)")
-    load.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the URL")
-    load.set_defaults(func=_cmd_load)
-    return parser
+#: What runs each command (``args.command``); a command with actions reads ``args.action``.
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "proxy": _cmd_proxy,
+    "aggregator": _cmd_aggregator,
+    "stats": _cmd_stats,
+    "check": _cmd_check,
+    "mock-upstream": _cmd_mock_upstream,
+    "demo": _cmd_demo,
+    "config": _cmd_config,
+    "cluster": _cmd_cluster_up,
+    "load": _cmd_load,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
-    return code
+    return _COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":

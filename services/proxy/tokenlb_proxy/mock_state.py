@@ -1,12 +1,14 @@
 """Data model of the fake upstream (``mock_upstream``): settings, run-time state, wire types.
 
-Kept apart from the ASGI code so the server module is only about behaviour. All state
+Kept apart from the ASGI code so the server module is only about behaviour, and so that
+``tokenlb --help`` builds the mock's options without importing a server. All state
 lives on one event loop and is only touched synchronously, so it needs no locks. The
 response types list their fields in OpenAI's order, so replies read like the real thing.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import functools
 import hashlib
@@ -36,8 +38,10 @@ __all__ = [
     "MockState",
     "RecordedRequest",
     "Usage",
+    "add_mock_arguments",
     "key_fingerprint",
     "prompt_profile",
+    "settings_from_args",
 ]
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -79,6 +83,84 @@ class MockSettings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError("need 0 <= min_completion <= max_completion")
         if self.tokens_per_chunk < 1 or self.history_size < 1:
             raise ValueError("tokens_per_chunk and history_size must be at least 1")
+
+
+def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--host``/``--port`` and every ``MockSettings`` option, for ``tokenlb mock-upstream``."""
+    d = MockSettings()
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="interface to listen on (default %(default)s)")
+    add("--port", type=int, default=9000, help="port, 0 for any free one (default %(default)s)")
+    add(
+        "--latency-ms",
+        type=float,
+        default=d.latency_ms,
+        help="milliseconds before each response (default %(default)s)",
+    )
+    add(
+        "--token-delay-ms",
+        type=float,
+        default=d.token_delay_ms,
+        help="milliseconds per output token (default %(default)s)",
+    )
+    add(
+        "--fail-rate",
+        type=float,
+        default=d.fail_rate,
+        help="share of requests failing, 0..1 (default %(default)s)",
+    )
+    add(
+        "--fail-status",
+        type=int,
+        default=d.fail_status,
+        help="HTTP status of those failures (default %(default)s)",
+    )
+    add(
+        "--require-key",
+        action="append",
+        dest="require_keys",
+        metavar="KEY",
+        help="accept only this API key, wherever a client sends it (repeatable)",
+    )
+    add(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="seed of failures and completion lengths (default %(default)s)",
+    )
+    add(
+        "--min-completion",
+        type=int,
+        default=d.min_completion,
+        help="shortest reply in tokens (default %(default)s)",
+    )
+    add(
+        "--max-completion",
+        type=int,
+        default=d.max_completion,
+        help="longest reply in tokens (default %(default)s)",
+    )
+    add(
+        "--tokens-per-chunk",
+        type=int,
+        default=d.tokens_per_chunk,
+        help="tokens per SSE chunk (default %(default)s)",
+    )
+
+
+def settings_from_args(ns: argparse.Namespace) -> MockSettings:
+    """Settings from parsed ``add_mock_arguments`` options; ValueError when inconsistent."""
+    return MockSettings(
+        latency_ms=ns.latency_ms,
+        token_delay_ms=ns.token_delay_ms,
+        fail_rate=ns.fail_rate,
+        fail_status=ns.fail_status,
+        require_keys=tuple(ns.require_keys or ()),
+        seed=ns.seed,
+        min_completion=ns.min_completion,
+        max_completion=ns.max_completion,
+        tokens_per_chunk=ns.tokens_per_chunk,
+    )
 
 
 class Control(msgspec.Struct, kw_only=True):

@@ -35,7 +35,9 @@ from tokenlb_proxy.mock_state import (
     MockSettings,
     MockState,
     Usage,
+    add_mock_arguments,
     prompt_profile,
+    settings_from_args,
 )
 from tokenlb_proxy.tokens import get_counter
 
@@ -465,44 +467,6 @@ def run_mock_upstream(host: str, port: int, settings: MockSettings) -> None:
         _AnnouncingServer(config).run(sockets=[sock])
     finally:
         sock.close()
-
-
-def add_mock_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--host``/``--port`` and every ``MockSettings`` option, for ``tokenlb mock-upstream``."""
-    d = MockSettings()
-    add = parser.add_argument
-    add("--host", default="127.0.0.1", help="interface to listen on (default %(default)s)")
-    add("--port", type=int, default=9000, help="port, 0 for any free one (default %(default)s)")
-    add("--latency-ms", type=float, default=d.latency_ms, help="delay before each response")
-    add("--token-delay-ms", type=float, default=d.token_delay_ms, help="delay per output token")
-    add("--fail-rate", type=float, default=d.fail_rate, help="share of requests failing (0..1)")
-    add("--fail-status", type=int, default=d.fail_status, help="status of those failures")
-    add(
-        "--require-key",
-        action="append",
-        dest="require_keys",
-        metavar="KEY",
-        help="accept only this API key (repeatable)",
-    )
-    add("--seed", type=int, default=d.seed, help="seed of failures and completion lengths")
-    add("--min-completion", type=int, default=d.min_completion, help="shortest reply in tokens")
-    add("--max-completion", type=int, default=d.max_completion, help="longest reply in tokens")
-    add("--tokens-per-chunk", type=int, default=d.tokens_per_chunk, help="tokens per SSE chunk")
-
-
-def settings_from_args(ns: argparse.Namespace) -> MockSettings:
-    """Settings from parsed ``add_mock_arguments`` options; ValueError when inconsistent."""
-    return MockSettings(
-        latency_ms=ns.latency_ms,
-        token_delay_ms=ns.token_delay_ms,
-        fail_rate=ns.fail_rate,
-        fail_status=ns.fail_status,
-        require_keys=tuple(ns.require_keys or ()),
-        seed=ns.seed,
-        min_completion=ns.min_completion,
-        max_completion=ns.max_completion,
-        tokens_per_chunk=ns.tokens_per_chunk,
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
