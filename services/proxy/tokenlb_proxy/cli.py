@@ -158,8 +158,9 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
 
     if not settings.redis_url:
         return serve()
-    # A replica with a config file serves through an outage; without one it cannot start.
-    nothing = "; without --config there is no config to serve until it answers"
+    # A replica with a config file serves through an outage: only one without a file
+    # stops because Redis does not answer (control/startup.py).
+    nothing = "" if settings.config_path else "; without --config there is nothing to serve"
     return _talking_to_redis("proxy", settings.redis_url, serve, nothing)
 
 
