@@ -160,8 +160,8 @@ def _cmd_proxy(args: argparse.Namespace) -> int:
         return serve()
     # A replica with a config file serves through an outage: only one without a file
     # stops because Redis does not answer (control/startup.py).
-    nothing = "" if settings.config_path else "; without --config there is nothing to serve"
-    return _talking_to_redis("proxy", settings.redis_url, serve, nothing)
+    consequence = "" if settings.config_path else "; without --config there is nothing to serve"
+    return _talking_to_redis("proxy", settings.redis_url, serve, consequence)
 
 
 def _cmd_aggregator(args: argparse.Namespace) -> int:

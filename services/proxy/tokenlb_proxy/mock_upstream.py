@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 import msgspec
 import uvicorn
 
-from tokenlb_proxy.listen import bind_all, format_address
+from tokenlb_proxy.listen import CannotListen, bind_all, format_address
 from tokenlb_proxy.mock_state import (
     AssistantMessage,
     ChatRequest,
@@ -479,7 +479,10 @@ def main(argv: list[str] | None = None) -> None:
         settings = settings_from_args(ns)
     except ValueError as exc:
         parser.error(str(exc))
-    run_mock_upstream(ns.host, ns.port, settings)
+    try:
+        run_mock_upstream(ns.host, ns.port, settings)
+    except CannotListen as exc:
+        parser.exit(1, f"{parser.prog}: {exc}\n")
 
 
 if __name__ == "__main__":
