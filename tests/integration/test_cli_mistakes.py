@@ -136,6 +136,14 @@ def test_a_config_file_that_cannot_be_read_is_one_line(config: str) -> None:
     assert one_line(result).startswith(f"tokenlb proxy: invalid config {config}: cannot read")
 
 
+def test_cluster_up_with_a_missing_config_starts_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "kong.yaml"
+    result = run("cluster", "up", "--config", str(missing), "--workdir", str(tmp_path / "work"))
+    assert result.returncode == 2
+    assert one_line(result) == f"tokenlb cluster up: --config {missing} is not a file"
+    assert not (tmp_path / "work").exists()
+
+
 def test_a_config_with_one_problem_is_one_line(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text(MOCK_CONFIG.read_text().replace("lowest-usage", "fastest"))

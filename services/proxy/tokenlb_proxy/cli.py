@@ -297,6 +297,10 @@ def _cmd_cluster_up(args: argparse.Namespace) -> int:
     if args.replicas < 1:
         print("tokenlb cluster up: --replicas must be at least 1", file=sys.stderr)
         return 2
+    if args.config is not None and not Path(args.config).is_file():
+        # Said here, once: otherwise every replica fails on it and the cluster reports that.
+        print(f"tokenlb cluster up: --config {args.config} is not a file", file=sys.stderr)
+        return 2
     if args.redis_url is not None:
         if not _valid_redis_url("cluster up", args.redis_url):
             return 2
